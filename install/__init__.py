@@ -1,0 +1,1 @@
+"""agentsh.install: install-shell / uninstall-shell / status, atomic and reversible."""
