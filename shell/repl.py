@@ -1,0 +1,142 @@
+"""The governed interactive shell: a prompt_toolkit prompt in front of one persistent
+bash.real (ARCHITECTURE §3, "Interactive"). The only prompt_toolkit importer.
+
+bash.real runs non-interactively, reading the lines we approve from a pipe; each line runs
+as ``{ LINE\n} </dev/tty`` so programs read the terminal directly, and its output goes
+straight to the terminal (nothing is tunnelled). After each line bash writes the status to
+fd 3, which tells us the line finished. ``cd``, variables, functions persist because it is
+one bash process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import InMemoryHistory
+
+from agentsh.enforce.errors import Blocked
+from agentsh.enforce.policy import Decision
+from agentsh.shell import run
+from agentsh.shell.invocation import Invocation
+
+# Restores $? for the next line: the status printf would otherwise replace it.
+_EPILOGUE = '__agentsh_rc=$?; printf "%d\\n" "$__agentsh_rc" >&3; (exit "$__agentsh_rc")\n'
+
+
+class _Bash:
+    """One bash.real reading approved lines from a pipe; status comes back on fd 3."""
+
+    def __init__(self, real: str, argv0: str, env: dict[str, str]) -> None:
+        status_r, status_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [argv0, "-s"],
+            executable=real,
+            stdin=subprocess.PIPE,
+            env=env,
+            pass_fds=(status_w,),
+            preexec_fn=lambda: os.dup2(status_w, 3),  # noqa: PLW1509 — before exec only
+        )
+        os.close(status_w)
+        self.status = os.fdopen(status_r, "r")
+        self.send("trap : INT QUIT\n")  # survive Ctrl-C; children keep default handlers
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode("utf-8", "surrogateescape"))
+        self.proc.stdin.flush()
+
+    def run(self, line: str) -> int | None:
+        """Run one line; its status, or None when bash exited (``exit``)."""
+        try:
+            self.send("{ " + line + "\n} </dev/tty\n" + _EPILOGUE)
+        except BrokenPipeError:
+            return None
+        answer = self.status.readline()
+        return int(answer) if answer.strip().isdigit() else None
+
+    def cwd(self) -> str:
+        try:
+            return os.readlink(f"/proc/{self.proc.pid}/cwd")
+        except OSError:
+            return os.getcwd()
+
+    def finish(self) -> int:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        return self.proc.wait()
+
+
+def _incomplete(real: str, text: str) -> bool:
+    """True when bash would wait for more input (an open quote, `do` without `done`)."""
+    check = subprocess.run(
+        [real, "-n", "-c", text], capture_output=True, text=True, check=False
+    )
+    return check.returncode != 0 and "unexpected end of file" in check.stderr
+
+
+def _ask(session: PromptSession[str], question: str) -> bool:
+    try:
+        answer = session.prompt(f"{question} Approve? [y/N] ")
+    except (EOFError, KeyboardInterrupt):
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _read_line(session: PromptSession[str], real: str, prompt: str) -> str | None:
+    lines: list[str] = []
+    while True:
+        try:
+            lines.append(session.prompt(prompt if not lines else "> "))
+        except KeyboardInterrupt:
+            return ""
+        except EOFError:
+            return None if not lines else "\n".join(lines)
+        text = "\n".join(lines)
+        if not _incomplete(real, text):
+            return text
+
+
+def _governed(session: PromptSession[str], settings: run.Settings, text: str) -> bool:
+    """Precheck one line; ask about `approve`; print the refusal. True when it may run."""
+    _, checks = run.decide(text, settings.policy, approver=True)
+    for i, c in enumerate(checks):
+        if c.verdict.decision is Decision.APPROVE:
+            ok = _ask(session, f"agentsh: {c.text!r} needs approval: {c.verdict.message}.")
+            decision = Decision.ALLOW if ok else Decision.DENY
+            verdict = c.verdict.__class__(decision, c.verdict.rule, c.verdict.message, c.text)
+            checks[i] = c.__class__(**{**c.__dict__, "verdict": verdict})
+    run.record(settings, checks, session=run.new_session(), layer="repl")
+    refusal = run.first_refusal(checks)
+    if refusal is not None:
+        sys.stderr.write(Blocked(run.blocked_message(refusal)).render() + "\n")
+        return False
+    return True
+
+
+def serve(inv: Invocation, real: str) -> NoReturn:
+    """Run the interactive governed shell until ``exit`` or end of input."""
+    settings = run.load_settings(Path("/"), trusted_only=True)
+    bash = _Bash(real, inv.argv0.lstrip("-") or "bash", run.bash_env(settings, os.environ))
+    session: PromptSession[str] = PromptSession(history=InMemoryHistory())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the running command
+    status = 0
+    while True:
+        home = os.path.expanduser("~")
+        cwd = bash.cwd().replace(home, "~", 1) if bash.cwd().startswith(home) else bash.cwd()
+        text = _read_line(session, real, f"agentsh:{cwd}$ ")
+        if text is None:
+            break
+        if not text.strip() or not _governed(session, settings, text):
+            continue
+        result = bash.run(text)
+        if result is None:
+            break
+        status = result
+    final = bash.finish()
+    sys.exit(final if final != 0 else status)

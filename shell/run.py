@@ -1,0 +1,263 @@
+"""One governed run, end to end (ARCHITECTURE §3 steps 3–7): load config and policy,
+read and parse the script, precheck, audit, plan, exec. Shared by the bash frontend
+(`python -m agentsh.shell`) and `agentsh exec`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NoReturn
+
+from agentsh.enforce import audit, config, engine, envfilter, loader, plan
+from agentsh.enforce.errors import Blocked, InternalError
+from agentsh.enforce.policy import Decision, Policy, Verdict
+from agentsh.shell import parse, precheck
+from agentsh.shell.invocation import Invocation, Source
+
+STARTUP_FILE = "usr/lib/agentsh/bash_startup.sh"
+CONFIG_FILE = "etc/agentsh/config.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Config and policy for one run, and where they came from."""
+
+    config: config.Config
+    policy: Policy
+    root: Path
+
+
+def policy_variables(cwd: str) -> dict[str, str]:
+    """Values for ``${VAR}`` in policies, from trusted sources only.
+
+    HOME comes from the password database, not the caller's environment, and TMPDIR is
+    fixed: a caller who sets HOME=/x or TMPDIR=/etc must not move a rule.
+    """
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = "/root" if os.getuid() == 0 else "/nonexistent"
+    return {
+        "HOME": home,
+        "PROJECT_ROOT": cwd,
+        "WORKSPACE": cwd,
+        "TMPDIR": "/tmp",
+        "USER": pwd.getpwuid(os.getuid()).pw_name if _has_pw() else str(os.getuid()),
+    }
+
+
+def _has_pw() -> bool:
+    try:
+        pwd.getpwuid(os.getuid())
+    except KeyError:
+        return False
+    return True
+
+
+def load_settings(
+    root: Path = Path("/"),
+    *,
+    config_path: Path | None = None,
+    policy_path: Path | None = None,
+    trusted_only: bool = False,
+) -> Settings:
+    """Load the config (``<root>/etc/agentsh/config.yaml`` unless given) and its policy.
+
+    With ``trusted_only`` (the shim path) every file must be root-owned and not
+    group/world-writable, and no location may come from the caller.
+
+    Raises:
+        PolicyError: a file is invalid, missing where the config names it, or untrusted.
+    """
+    cfg_file = config_path or root / CONFIG_FILE
+    if trusted_only and cfg_file.exists():
+        config.require_root_owned(cfg_file)
+    cfg = config.load_config(cfg_file)
+    located = policy_path or config.locate_policy(cfg)
+    path = located if located is not None else config.builtin_policy_path()
+    if trusted_only:
+        config.require_root_owned(path)
+    policy = loader.load(path, policy_variables(os.getcwd()))
+    return Settings(config=cfg, policy=policy, root=root)
+
+
+def startup_file(root: Path) -> str:
+    """The BASH_ENV startup file: the installed copy, else the packaged one."""
+    installed = root / STARTUP_FILE
+    if installed.is_file():
+        return str(installed)
+    return str(Path(envfilter.__file__).with_name("bash_startup.sh"))
+
+
+def blocked_message(check: precheck.CommandCheck) -> str:
+    """The one-line refusal: ``blocked by policy: <cmd> (rule <name>): <message>``."""
+    rule = check.verdict.rule or "default-deny"
+    return f"blocked by policy: {check.text} (rule {rule}): {check.verdict.message}"
+
+
+def decide(
+    text: str, policy: Policy, *, approver: bool = False
+) -> tuple[Verdict, list[precheck.CommandCheck]]:
+    """Parse and precheck ``text``; ``approve`` without an approver becomes deny."""
+    script = parse.parse(text)
+    checks = [
+        resolve_approval(c, approver=approver)
+        for c in precheck.explain(script, policy, supervised=False)
+    ]
+    verdict = Verdict(Decision.ALLOW, None, "no command to check", subject=text)
+    for c in checks:
+        verdict = engine.stricter(verdict, c.verdict)
+    return verdict, checks
+
+
+def resolve_approval(check: precheck.CommandCheck, *, approver: bool) -> precheck.CommandCheck:
+    """``approve`` with nobody to ask becomes a deny that says approval was required."""
+    if check.verdict.decision is not Decision.APPROVE:
+        return check
+    return replace(check, verdict=engine.resolve_approval(check.verdict, approver))
+
+
+def first_refusal(checks: Sequence[precheck.CommandCheck]) -> precheck.CommandCheck | None:
+    """The first command (in source order) whose verdict does not allow it to run."""
+    for c in checks:
+        if not c.verdict.allowed and c.verdict.decision is not Decision.REDIRECT:
+            return c
+    return None
+
+
+def record(
+    settings: Settings,
+    checks: Sequence[precheck.CommandCheck],
+    *,
+    session: str,
+    layer: str = "precheck",
+) -> None:
+    """Audit every decision. Raises AuditUnavailable when the store cannot be written."""
+    if not settings.config.audit_enabled:
+        return
+    store = audit.open_store(settings.config.audit_path)
+    try:
+        now, pid, cwd = time.time(), os.getpid(), os.getcwd()
+        for c in checks:
+            store.record(
+                audit.Event(
+                    time=now,
+                    session=session,
+                    pid=pid,
+                    cwd=cwd,
+                    argv=tuple(c.argv) if c.argv is not None else (c.text,),
+                    decision=c.verdict.decision.value,
+                    rule=c.verdict.rule,
+                    message=c.verdict.message,
+                    layer=layer,
+                    kind="command",
+                )
+            )
+    finally:
+        store.close()
+
+
+def new_session() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _script_text(inv: Invocation) -> tuple[str, bytes | None]:
+    """The script bash would run, and (for stdin) the bytes to hand back on fd 0."""
+    match inv.source:
+        case Source.COMMAND:
+            return inv.command or "", None
+        case Source.SCRIPT:
+            path = inv.script_path or ""
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                # bash.real reports the missing/unreadable script itself; it runs nothing.
+                return "", None
+            return data.decode("utf-8", "surrogateescape"), None
+        case Source.STDIN:
+            data = sys.stdin.buffer.read()
+            return data.decode("utf-8", "surrogateescape"), data
+        case _:
+            return "", None
+
+
+def governed_bash(
+    inv: Invocation, real: str, *, root: Path = Path("/"), session: str | None = None
+) -> NoReturn:
+    """Precheck and run one bash invocation in place. Never returns.
+
+    Raises:
+        PolicyError, Blocked, AuditUnavailable, InternalError: refused; nothing ran.
+    """
+    if not os.path.isfile(real) or not os.access(real, os.X_OK):
+        raise InternalError(f"real shell {real} is missing or not executable")
+    settings = load_settings(root, trusted_only=True)
+    text, stdin_bytes = _script_text(inv)
+    _, checks = decide(text, settings.policy)
+    sid = session or new_session()
+    record(settings, checks, session=sid)
+    refusal = first_refusal(checks)
+    if refusal is not None:
+        raise Blocked(blocked_message(refusal), hint=_hint(refusal))
+    args = inv.args
+    if any(c.verdict.decision is Decision.REDIRECT for c in checks):
+        args = inv.with_script_arg(precheck.rewrite(text, checks))
+    env = bash_env(settings, os.environ)
+    plan.apply(plan.Plan(real, (inv.argv0, *args), env, stdin_bytes))
+
+
+def bash_env(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The filtered environment for bash.real, with BASH_ENV pointing at our startup file."""
+    inject = {"BASH_ENV": startup_file(settings.root)}
+    inject.update(dict(settings.policy.env_inject))
+    inject.update(settings.config.env_inject)
+    return envfilter.filter_env(dict(environ), settings.policy.env_policy, inject=inject).env
+
+
+def _hint(check: precheck.CommandCheck) -> str | None:
+    if check.opaque:
+        return "write the command literally so it can be checked before it runs"
+    if check.verdict.rule is None:
+        return f"no rule allows it; `agentsh check -- {check.text!r}` explains the decision"
+    return None
+
+
+def governed_exec(
+    command: Sequence[str],
+    *,
+    root: Path = Path("/"),
+    session: str | None = None,
+    config_path: Path | None = None,
+    policy_path: Path | None = None,
+) -> NoReturn:
+    """``agentsh exec``: precheck one argv (wrappers unwrapped), audit, run it in place.
+
+    Raises:
+        PolicyError, Blocked, AuditUnavailable, InternalError: refused; nothing ran.
+    """
+    settings = load_settings(root, config_path=config_path, policy_path=policy_path)
+    text = shlex.join(command)
+    _, checks = decide(text, settings.policy)
+    record(settings, checks, session=session or new_session(), layer="exec")
+    refusal = first_refusal(checks)
+    if refusal is not None:
+        raise Blocked(blocked_message(refusal), hint=_hint(refusal))
+    env = bash_env(settings, os.environ)
+    path = shutil.which(command[0], path=env.get("PATH", os.defpath))
+    if path is None:
+        raise InternalError(f"{command[0]}: command not found")
+    if any(c.verdict.decision is Decision.REDIRECT for c in checks):
+        raise Blocked(
+            f"redirect rules apply to shell command lines: {text}",
+            hint=f"run it as `agentsh exec -- bash -c {shlex.quote(text)}`",
+        )
+    plan.apply(plan.Plan(path, tuple(command), env))
