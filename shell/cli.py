@@ -23,7 +23,7 @@ OPS = ("exec", "file_read", "file_write", "file_delete", "net_connect")
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of exiting, so main() owns the exit."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(f"{self.prog}: {message}", hint=f"run `{self.prog} --help`")
 
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_parsers(verbs)
     _events_parser(verbs)
     _shim_parser(verbs)
+    _detect_parser(verbs)
     return parser
 
 
@@ -145,6 +146,12 @@ def _shim_parser(verbs: Any) -> None:
     sub = shim.add_subparsers(dest="shim_verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
     shellinstall.add_parsers(sub)
+
+
+def _detect_parser(verbs: Any) -> None:
+    from agentsh.shell import detect_cli
+
+    detect_cli.add_parser(verbs)
 
 
 # --- verbs ---------------------------------------------------------------------------

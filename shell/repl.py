@@ -74,9 +74,7 @@ class _Bash:
 
 def _incomplete(real: str, text: str) -> bool:
     """True when bash would wait for more input (an open quote, `do` without `done`)."""
-    check = subprocess.run(
-        [real, "-n", "-c", text], capture_output=True, text=True, check=False
-    )
+    check = subprocess.run([real, "-n", "-c", text], capture_output=True, text=True, check=False)
     return check.returncode != 0 and "unexpected end of file" in check.stderr
 
 

@@ -36,31 +36,31 @@ class Settings:
     root: Path
 
 
+# The project root when the shell starts in "/": a path that exists nowhere, so rules on
+# ${PROJECT_ROOT}/** match nothing (never "/**").
+NO_PROJECT = "/nonexistent/agentsh-no-project"
+
+
 def policy_variables(cwd: str) -> dict[str, str]:
     """Values for ``${VAR}`` in policies, from trusted sources only.
 
     HOME comes from the password database, not the caller's environment, and TMPDIR is
-    fixed: a caller who sets HOME=/x or TMPDIR=/etc must not move a rule.
+    fixed: a caller who sets HOME=/x or TMPDIR=/etc must not move a rule. A shell started
+    in ``/`` has no project: PROJECT_ROOT and WORKSPACE then name a path that never exists.
     """
     try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
+        entry = pwd.getpwuid(os.getuid())
+        home, user = entry.pw_dir, entry.pw_name
     except KeyError:
-        home = "/root" if os.getuid() == 0 else "/nonexistent"
+        home, user = NO_PROJECT, str(os.getuid())
+    project = cwd if cwd != "/" else NO_PROJECT
     return {
-        "HOME": home,
-        "PROJECT_ROOT": cwd,
-        "WORKSPACE": cwd,
+        "HOME": home if home != "/" else NO_PROJECT,
+        "PROJECT_ROOT": project,
+        "WORKSPACE": project,
         "TMPDIR": "/tmp",
-        "USER": pwd.getpwuid(os.getuid()).pw_name if _has_pw() else str(os.getuid()),
+        "USER": user,
     }
-
-
-def _has_pw() -> bool:
-    try:
-        pwd.getpwuid(os.getuid())
-    except KeyError:
-        return False
-    return True
 
 
 def load_settings(
@@ -154,7 +154,7 @@ def record(
                     session=session,
                     pid=pid,
                     cwd=cwd,
-                    argv=tuple(c.argv) if c.argv is not None else (c.text,),
+                    argv=_audit_argv(c),
                     decision=c.verdict.decision.value,
                     rule=c.verdict.rule,
                     message=c.verdict.message,
@@ -164,6 +164,14 @@ def record(
             )
     finally:
         store.close()
+
+
+def _audit_argv(check: precheck.CommandCheck) -> tuple[str, ...]:
+    """The command as written (wrappers included), split into words for the audit log."""
+    try:
+        return tuple(shlex.split(check.text)) or (check.text,)
+    except ValueError:
+        return (check.text,)
 
 
 def new_session() -> str:
