@@ -308,7 +308,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
     db = args.db or config.load_config(args.config or Path("/") / run.CONFIG_FILE).audit_path
     since = audit.parse_since(args.since, time.time()) if args.since else None
-    store = audit.open_store(db)
+    store = audit.open_store(db, create=False)
     try:
         events = store.query(
             decision=args.decision, since=since, session=args.session, limit=args.limit

@@ -3,17 +3,19 @@ bash.real (ARCHITECTURE §3, "Interactive"). The only prompt_toolkit importer.
 
 bash.real runs non-interactively, reading the lines we approve from a pipe; each line runs
 as ``{ LINE\n} </dev/tty`` so programs read the terminal directly, and its output goes
-straight to the terminal (nothing is tunnelled). After each line bash writes the status to
-fd 3, which tells us the line finished. ``cd``, variables, functions persist because it is
-one bash process.
+straight to the terminal (nothing is tunnelled). After each line bash writes the status
+to the status pipe, which tells us the line finished. ``cd``, variables and functions
+persist because it is one bash process.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,12 +27,13 @@ from agentsh.enforce.policy import Decision
 from agentsh.shell import run
 from agentsh.shell.invocation import Invocation
 
-# Restores $? for the next line: the status printf would otherwise replace it.
-_EPILOGUE = '__agentsh_rc=$?; printf "%d\\n" "$__agentsh_rc" >&3; (exit "$__agentsh_rc")\n'
+# Reports the line's status on the status pipe (fd N), then restores $? for the next line,
+# which the printf would otherwise replace.
+_EPILOGUE = '__agentsh_rc=$?; printf "%d\\n" "$__agentsh_rc" >&{fd}; (exit "$__agentsh_rc")\n'
 
 
 class _Bash:
-    """One bash.real reading approved lines from a pipe; status comes back on fd 3."""
+    """One bash.real reading approved lines from a pipe; statuses come back on another."""
 
     def __init__(self, real: str, argv0: str, env: dict[str, str]) -> None:
         status_r, status_w = os.pipe()
@@ -40,9 +43,9 @@ class _Bash:
             stdin=subprocess.PIPE,
             env=env,
             pass_fds=(status_w,),
-            preexec_fn=lambda: os.dup2(status_w, 3),  # noqa: PLW1509 — before exec only
         )
         os.close(status_w)
+        self.epilogue = _EPILOGUE.format(fd=status_w)
         self.status = os.fdopen(status_r, "r")
         self.send("trap : INT QUIT\n")  # survive Ctrl-C; children keep default handlers
 
@@ -54,9 +57,14 @@ class _Bash:
     def run(self, line: str) -> int | None:
         """Run one line; its status, or None when bash exited (``exit``)."""
         try:
-            self.send("{ " + line + "\n} </dev/tty\n" + _EPILOGUE)
+            self.send("{ " + line + "\n} </dev/tty\n" + self.epilogue)
         except BrokenPipeError:
             return None
+        # A background job may hold the status pipe open after bash exits: wait for
+        # either a status line or bash's exit, never for EOF alone.
+        while not select.select([self.status], [], [], 0.2)[0]:
+            if self.proc.poll() is not None:
+                return None
         answer = self.status.readline()
         return int(answer) if answer.strip().isdigit() else None
 
@@ -100,16 +108,15 @@ def _read_line(session: PromptSession[str], real: str, prompt: str) -> str | Non
             return text
 
 
-def _governed(session: PromptSession[str], settings: run.Settings, text: str) -> bool:
+def _governed(session: PromptSession[str], settings: run.Settings, text: str, sid: str) -> bool:
     """Precheck one line; ask about `approve`; print the refusal. True when it may run."""
     _, checks = run.decide(text, settings.policy, approver=True)
     for i, c in enumerate(checks):
         if c.verdict.decision is Decision.APPROVE:
             ok = _ask(session, f"agentsh: {c.text!r} needs approval: {c.verdict.message}.")
             decision = Decision.ALLOW if ok else Decision.DENY
-            verdict = c.verdict.__class__(decision, c.verdict.rule, c.verdict.message, c.text)
-            checks[i] = c.__class__(**{**c.__dict__, "verdict": verdict})
-    run.record(settings, checks, session=run.new_session(), layer="repl")
+            checks[i] = replace(c, verdict=replace(c.verdict, decision=decision))
+    run.record(settings, run.command_events(checks, session=sid, layer="repl"))
     refusal = run.first_refusal(checks)
     if refusal is not None:
         sys.stderr.write(Blocked(run.blocked_message(refusal)).render() + "\n")
@@ -120,17 +127,19 @@ def _governed(session: PromptSession[str], settings: run.Settings, text: str) ->
 def serve(inv: Invocation, real: str) -> NoReturn:
     """Run the interactive governed shell until ``exit`` or end of input."""
     settings = run.load_settings(Path("/"), trusted_only=True)
-    bash = _Bash(real, inv.argv0.lstrip("-") or "bash", run.bash_env(settings, os.environ))
+    bash = _Bash(
+        real, inv.argv0.lstrip("-") or "bash", run.filter_environment(settings, os.environ).env
+    )
     session: PromptSession[str] = PromptSession(history=InMemoryHistory())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the running command
-    status = 0
+    sid, status = run.new_session(), 0
     while True:
         home = os.path.expanduser("~")
         cwd = bash.cwd().replace(home, "~", 1) if bash.cwd().startswith(home) else bash.cwd()
         text = _read_line(session, real, f"agentsh:{cwd}$ ")
         if text is None:
             break
-        if not text.strip() or not _governed(session, settings, text):
+        if not text.strip() or not _governed(session, settings, text, sid):
             continue
         result = bash.run(text)
         if result is None:

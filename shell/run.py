@@ -11,8 +11,7 @@ import shlex
 import shutil
 import sys
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
@@ -134,34 +133,51 @@ def first_refusal(checks: Sequence[precheck.CommandCheck]) -> precheck.CommandCh
     return None
 
 
-def record(
-    settings: Settings,
-    checks: Sequence[precheck.CommandCheck],
-    *,
-    session: str,
-    layer: str = "precheck",
-) -> None:
-    """Audit every decision. Raises AuditUnavailable when the store cannot be written."""
-    if not settings.config.audit_enabled:
+def command_events(
+    checks: Sequence[precheck.CommandCheck], *, session: str, layer: str
+) -> list[audit.Event]:
+    """One audit event per command decision."""
+    now, pid, cwd = time.time(), os.getpid(), os.getcwd()
+    return [
+        audit.Event(
+            time=now,
+            session=session,
+            pid=pid,
+            cwd=cwd,
+            argv=_audit_argv(c),
+            decision=c.verdict.decision.value,
+            rule=c.verdict.rule,
+            message=c.verdict.message,
+            layer=layer,
+            kind="command",
+        )
+        for c in checks
+    ]
+
+
+def _env_event(session: str, decision: str, rule: str | None, message: str) -> audit.Event:
+    return audit.Event(
+        time=time.time(),
+        session=session,
+        pid=os.getpid(),
+        cwd=os.getcwd(),
+        argv=(),
+        decision=decision,
+        rule=rule,
+        message=message,
+        layer="env",
+        kind="env",
+    )
+
+
+def record(settings: Settings, events: Sequence[audit.Event]) -> None:
+    """Store audit events. Raises AuditUnavailable when the store cannot be written."""
+    if not settings.config.audit_enabled or not events:
         return
     store = audit.open_store(settings.config.audit_path)
     try:
-        now, pid, cwd = time.time(), os.getpid(), os.getcwd()
-        for c in checks:
-            store.record(
-                audit.Event(
-                    time=now,
-                    session=session,
-                    pid=pid,
-                    cwd=cwd,
-                    argv=_audit_argv(c),
-                    decision=c.verdict.decision.value,
-                    rule=c.verdict.rule,
-                    message=c.verdict.message,
-                    layer=layer,
-                    kind="command",
-                )
-            )
+        for event in events:
+            store.record(event)
     finally:
         store.close()
 
@@ -175,7 +191,7 @@ def _audit_argv(check: precheck.CommandCheck) -> tuple[str, ...]:
 
 
 def new_session() -> str:
-    return uuid.uuid4().hex[:12]
+    return os.urandom(6).hex()
 
 
 def _script_text(inv: Invocation) -> tuple[str, bytes | None]:
@@ -198,6 +214,40 @@ def _script_text(inv: Invocation) -> tuple[str, bytes | None]:
             return "", None
 
 
+def judge(
+    settings: Settings, text: str, *, session: str, layer: str
+) -> tuple[list[precheck.CommandCheck], dict[str, str]]:
+    """Precheck ``text``, filter the environment, audit every decision, then refuse or
+    return the checks and the environment to run with.
+
+    Raises:
+        Blocked: a command (or the environment's size) is refused; it is audited first.
+        AuditUnavailable: the decisions could not be stored; nothing may run.
+    """
+    _, checks = decide(text, settings.policy)
+    events = command_events(checks, session=session, layer=layer)
+    refusal = first_refusal(checks)
+    env: dict[str, str] = {}
+    env_refusal: Blocked | None = None
+    if refusal is None:
+        try:
+            filtered = filter_environment(settings, os.environ)
+        except Blocked as err:
+            env_refusal = err
+            events.append(_env_event(session, "deny", "env_policy", err.message))
+        else:
+            env = filtered.env
+            if filtered.removed:
+                removed = "removed from the environment: " + ", ".join(filtered.removed)
+                events.append(_env_event(session, "allow", None, removed))
+    record(settings, events)
+    if refusal is not None:
+        raise Blocked(blocked_message(refusal), hint=_hint(refusal))
+    if env_refusal is not None:
+        raise env_refusal
+    return checks, env
+
+
 def governed_bash(
     inv: Invocation, real: str, *, root: Path = Path("/"), session: str | None = None
 ) -> NoReturn:
@@ -210,25 +260,26 @@ def governed_bash(
         raise InternalError(f"real shell {real} is missing or not executable")
     settings = load_settings(root, trusted_only=True)
     text, stdin_bytes = _script_text(inv)
-    _, checks = decide(text, settings.policy)
-    sid = session or new_session()
-    record(settings, checks, session=sid)
-    refusal = first_refusal(checks)
-    if refusal is not None:
-        raise Blocked(blocked_message(refusal), hint=_hint(refusal))
+    checks, env = judge(settings, text, session=session or new_session(), layer="precheck")
     args = inv.args
     if any(c.verdict.decision is Decision.REDIRECT for c in checks):
         args = inv.with_script_arg(precheck.rewrite(text, checks))
-    env = bash_env(settings, os.environ)
     plan.apply(plan.Plan(real, (inv.argv0, *args), env, stdin_bytes))
 
 
-def bash_env(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """The filtered environment for bash.real, with BASH_ENV pointing at our startup file."""
+def filter_environment(settings: Settings, environ: Mapping[str, str]) -> envfilter.FilteredEnv:
+    """The filtered environment for bash.real, with BASH_ENV pointing at our startup file.
+
+    Injection order: our BASH_ENV, then the policy's env_inject, then the config's
+    sandbox.env_inject (the operator's machine-wide setting wins).
+
+    Raises:
+        Blocked: over env_policy.max_keys / max_bytes.
+    """
     inject = {"BASH_ENV": startup_file(settings.root)}
     inject.update(dict(settings.policy.env_inject))
     inject.update(settings.config.env_inject)
-    return envfilter.filter_env(dict(environ), settings.policy.env_policy, inject=inject).env
+    return envfilter.filter_env(dict(environ), settings.policy.env_policy, inject=inject)
 
 
 def _hint(check: precheck.CommandCheck) -> str | None:
@@ -254,18 +305,13 @@ def governed_exec(
     """
     settings = load_settings(root, config_path=config_path, policy_path=policy_path)
     text = shlex.join(command)
-    _, checks = decide(text, settings.policy)
-    record(settings, checks, session=session or new_session(), layer="exec")
-    refusal = first_refusal(checks)
-    if refusal is not None:
-        raise Blocked(blocked_message(refusal), hint=_hint(refusal))
-    env = bash_env(settings, os.environ)
-    path = shutil.which(command[0], path=env.get("PATH", os.defpath))
-    if path is None:
-        raise InternalError(f"{command[0]}: command not found")
+    checks, env = judge(settings, text, session=session or new_session(), layer="exec")
     if any(c.verdict.decision is Decision.REDIRECT for c in checks):
         raise Blocked(
             f"redirect rules apply to shell command lines: {text}",
             hint=f"run it as `agentsh exec -- bash -c {shlex.quote(text)}`",
         )
+    path = shutil.which(command[0], path=env.get("PATH", os.defpath))
+    if path is None:
+        raise InternalError(f"{command[0]}: command not found")
     plan.apply(plan.Plan(path, tuple(command), env))
