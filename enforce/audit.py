@@ -42,7 +42,7 @@ from agentsh.enforce.redact import redact, redact_argv
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x61677368  # "agsh"
-KINDS = frozenset({"command", "file", "network"})
+KINDS = frozenset({"command", "file", "network", "env", "signal", "syscall"})
 DEFAULT_TIMEOUT_S = 10.0
 
 _SCHEMA = (

@@ -1,0 +1,92 @@
+"""`make run`: the main job, shown on the built-in default policy without touching this
+machine's /bin/bash. Installs the shim (forced) inside a private overlay root, runs what
+an agent runs through the governed /bin/bash, prints what happened, and uninstalls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from agentsh.install import overlay
+
+AGENTSH = str(Path(sys.executable).with_name("agentsh"))
+HOST_OK = "--i-understand-this-modifies-the-host"
+
+# (what an agent might run, what it shows)
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("git init -q . && git status --short && echo git-ok", "everyday dev tools run"),
+    ("cd /tmp && ls | grep -c . >/dev/null && echo pipeline-ok", "pipelines and cd"),
+    ("python3 -c 'print(6*7)'", "interpreters run"),
+    ("for i in 1 2 3; do echo -n $i; done; echo", "loops"),
+    ("sudo whoami", "privilege escalation is refused"),
+    ("env sudo whoami", "...also behind a wrapper"),
+    ("echo hi | xargs sudo true", "...behind xargs"),
+    ("s'u'do id", "...and when quoted to hide it"),
+    ("bash -c \"sh -c 'ssh example.com'\"", "nested shells are opened and checked"),
+    ("x=sudo; $x id", "dynamic command names are refused until exec supervision"),
+    ("echo ${AWS_SECRET_ACCESS_KEY:-filtered}", "secrets never reach the command"),
+)
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _run(argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
+    env["AWS_SECRET_ACCESS_KEY"] = "AKIA-demo-secret"
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _show(line: str, why: str, cwd: str) -> None:
+    done = _run(["/bin/bash", "-c", line], cwd)
+    verdict = "REFUSED" if done.returncode == 126 else f"ran (exit {done.returncode})"
+    print(f"\n$ bash -c {line!r}\n  # {why}\n  -> {verdict}")
+    for text in (done.stdout, done.stderr):
+        for out in text.strip().splitlines()[:2]:
+            print(f"     {out}")
+
+
+def _inside(project: str) -> None:
+    print(f"host /usr/bin/bash sha256 {_sha('/usr/bin/bash')} (inside the overlay root)")
+    step = _run([AGENTSH, "shim", "install-shell", "--force", "--bash-only", HOST_OK], project)
+    print(step.stdout.strip() or step.stderr.strip())
+    if step.returncode != 0:
+        raise SystemExit(step.returncode)
+    for line, why in COMMANDS:
+        _show(line, why, project)
+    events = _run([AGENTSH, "events", "query", "--decision", "deny", "--json"], project)
+    denied = [json.loads(e) for e in events.stdout.splitlines()]
+    print(f"\naudit log: {len(denied)} denied decisions recorded, for example:")
+    for e in denied[:3]:
+        print(f"  {e['decision']:5} rule={e['rule']}  {' '.join(e['argv'])}")
+    step = _run([AGENTSH, "shim", "uninstall-shell", "--bash-only", HOST_OK], project)
+    print("\n" + (step.stdout.strip() or step.stderr.strip()))
+    print(f"/usr/bin/bash sha256 {_sha('/usr/bin/bash')} after uninstall")
+
+
+def main() -> int:
+    reason = overlay.probe()
+    if reason is not None:
+        print(f"agentsh demo: cannot make an overlay root here: {reason}", file=sys.stderr)
+        return 1
+    host = _sha("/usr/bin/bash")
+    with tempfile.TemporaryDirectory(prefix="agentsh-demo-") as tmp:
+        project = os.path.join(tmp, "project")
+        os.mkdir(project)
+        overlay.call_in_overlay(lambda: _inside(project), Path(tmp, "overlay"), timeout=300)
+    same = _sha("/usr/bin/bash") == host
+    print(f"\nthis machine's /usr/bin/bash untouched: {'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
