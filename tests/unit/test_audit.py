@@ -99,7 +99,7 @@ def test_bad_limit(store: AuditStore) -> None:
 
 def test_unknown_kind_refused_and_not_stored(store: AuditStore) -> None:
     with pytest.raises(InternalError, match="unknown event kind"):
-        store.record(ev(kind="syscall"))
+        store.record(ev(kind="keystroke"))
     assert store.query() == []
 
 
