@@ -32,12 +32,12 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
 from agentsh.enforce.errors import AuditUnavailable, InternalError, UsageError
+from agentsh.enforce.record import dataclass, replace
 from agentsh.enforce.redact import redact, redact_argv
 
 SCHEMA_VERSION = 1

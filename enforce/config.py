@@ -16,13 +16,13 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from yaml.nodes import Node
 
 from agentsh.enforce.errors import PolicyError
+from agentsh.enforce.record import dataclass, field
 from agentsh.enforce.yamlnodes import YamlReader, compose, load_data, sub
 
 DEFAULT_CONFIG_PATH = Path("/etc/agentsh/config.yaml")

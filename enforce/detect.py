@@ -28,12 +28,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentsh.enforce import limits
 from agentsh.enforce.errors import LayerUnavailable, UsageError
 from agentsh.enforce.policy import ResourceLimits
+from agentsh.enforce.record import dataclass, field
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall

@@ -35,7 +35,6 @@ import posixpath
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 
 from agentsh.enforce.policy import (
     STRICTNESS,
@@ -46,6 +45,7 @@ from agentsh.enforce.policy import (
     Policy,
     Verdict,
 )
+from agentsh.enforce.record import dataclass, replace
 
 FILE_OPERATIONS = frozenset(
     {

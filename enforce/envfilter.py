@@ -27,11 +27,11 @@ and ``SSH_AUTH_SOCK`` (a socket path; reaching it is the file policy's job).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from agentsh.enforce.errors import Blocked
 from agentsh.enforce.policy import EnvPolicy
+from agentsh.enforce.record import dataclass
 
 # Credentials: never handed to a command the agent runs. Matched case-insensitively
 # (``github_token`` is as secret as ``GITHUB_TOKEN``).

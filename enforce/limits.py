@@ -31,11 +31,11 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from agentsh.enforce.errors import LayerUnavailable, UsageError
 from agentsh.enforce.policy import ResourceLimits
+from agentsh.enforce.record import dataclass
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl

@@ -6,10 +6,10 @@ in that order, seccomp last.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import NoReturn
 
 from agentsh.enforce.errors import InternalError
+from agentsh.enforce.record import dataclass
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+
+from agentsh.enforce.record import dataclass, field
 
 
 class Decision(enum.Enum):

@@ -29,11 +29,11 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agentsh.enforce.errors import InternalError, UsageError
+from agentsh.enforce.record import asdict, dataclass, field
 
 SHELLS = ("bash", "sh")
 MANIFEST = "var/lib/agentsh/shim-install.json"

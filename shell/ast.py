@@ -28,7 +28,7 @@ substitutions (``<(…)``, ``>(…)``) are ``Substitution`` values inside the ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from agentsh.enforce.record import dataclass
 
 Span = tuple[int, int]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from agentsh.enforce.errors import UsageError
+from agentsh.enforce.record import dataclass
 
 # Long options that take the next argument as their value.
 _LONG_WITH_VALUE = frozenset({"--rcfile", "--init-file"})

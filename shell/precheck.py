@@ -34,10 +34,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 from agentsh.enforce.engine import check_command, stricter
 from agentsh.enforce.policy import STRICTNESS, Decision, Policy, Verdict
+from agentsh.enforce.record import dataclass, replace
 from agentsh.shell import quoting, wrappers
 from agentsh.shell.ast import (
     CommandList,

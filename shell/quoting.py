@@ -17,7 +17,7 @@ source (``$HOME/x``). Pure; no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from agentsh.enforce.record import dataclass
 
 _SIMPLE_ESCAPES = {
     "a": "\a",

@@ -15,7 +15,6 @@ import select
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +23,7 @@ from prompt_toolkit.history import InMemoryHistory
 
 from agentsh.enforce.errors import Blocked
 from agentsh.enforce.policy import Decision
+from agentsh.enforce.record import replace
 from agentsh.shell import run
 from agentsh.shell.invocation import Invocation
 

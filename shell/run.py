@@ -12,13 +12,13 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
 from agentsh.enforce import audit, config, engine, envfilter, loader, plan
 from agentsh.enforce.errors import Blocked, InternalError
 from agentsh.enforce.policy import Decision, Policy, Verdict
+from agentsh.enforce.record import dataclass, replace
 from agentsh.shell import parse, precheck
 from agentsh.shell.invocation import Invocation, Source
 

@@ -20,9 +20,9 @@ tree-sitter reports UTF-8 byte offsets; spans here are character offsets into th
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
+from agentsh.enforce.record import replace
 from agentsh.shell.ast import (
     Assignment,
     CommandList,

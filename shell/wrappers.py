@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
+from agentsh.enforce.record import dataclass, field
 from agentsh.shell.quoting import Arg, static
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from agentsh.enforce import config
 from agentsh.enforce.config import Config, load_config, locate_policy, require_root_owned
 from agentsh.enforce.errors import PolicyError
+from agentsh.enforce.record import replace
 
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seed-policies"
 SEED_NAMES = ["deno", "exe.dev", "render", "sprites"]
