@@ -96,6 +96,7 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["stdin_good"] = _run(["/bin/bash"], project, data=b"echo one\necho two\n")
     r["events"] = _agentsh("events", "query", "--decision", "deny", "--json", cwd=project)
     r["bad_policy"] = _bad_policy(project)
+    r["audit_down"] = _audit_down(project)
     r["seeds"] = {
         seed.name: _with_seed(seed, project) for seed in sorted(SEEDS.iterdir()) if seed.is_dir()
     }
@@ -114,6 +115,18 @@ def _bad_policy(project: str) -> dict[str, Any]:
         return _run(["/bin/bash", "-c", "echo should-not-run"], project)
     finally:
         (pol / "default.yaml").unlink()
+
+
+def _audit_down(project: str) -> dict[str, Any]:
+    """The audit store cannot be written: a directory squats on the database's name."""
+    config = Path("/etc/agentsh/config.yaml")
+    config.write_text(f"audit:\n  storage:\n    sqlite_path: {project}/squatted.db\n")
+    Path(project, "squatted.db").mkdir()
+    try:
+        return _run(["/bin/bash", "-c", "echo should-not-run"], project)
+    finally:
+        config.unlink()
+        Path(project, "squatted.db").rmdir()
 
 
 def _with_seed(seed: Path, project: str) -> dict[str, Any]:
@@ -224,6 +237,13 @@ def test_invalid_policy_refuses_and_names_the_file(scenario: dict[str, Any]) -> 
     assert done["out"] == b""
     assert "/etc/agentsh/policies/default.yaml:4" in done["err"]
     assert "nme" in done["err"]
+
+
+def test_unwritable_audit_store_refuses(scenario: dict[str, Any]) -> None:
+    done = scenario["audit_down"]
+    assert done["rc"] == 126, done
+    assert done["out"] == b""
+    assert "squatted.db" in done["err"]
 
 
 @pytest.mark.parametrize("seed", ["deno", "exe.dev", "render", "sprites"])
