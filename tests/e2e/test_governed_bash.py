@@ -97,6 +97,7 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["events"] = _agentsh("events", "query", "--decision", "deny", "--json", cwd=project)
     r["bad_policy"] = _bad_policy(project)
     r["audit_down"] = _audit_down(project)
+    r["redirect"] = _redirect(project)
     r["seeds"] = {
         seed.name: _with_seed(seed, project) for seed in sorted(SEEDS.iterdir()) if seed.is_dir()
     }
@@ -113,6 +114,29 @@ def _bad_policy(project: str) -> dict[str, Any]:
     (pol / "default.yaml").write_text("version: 1\nname: broken\ncommand_rules:\n  - nme: x\n")
     try:
         return _run(["/bin/bash", "-c", "echo should-not-run"], project)
+    finally:
+        (pol / "default.yaml").unlink()
+
+
+REDIRECT_POLICY = """version: 1
+name: redirecting
+command_rules:
+  - name: curl-through-proxy
+    commands: [curl]
+    decision: redirect
+    redirect_to: {command: echo, args: [fetched-by-proxy]}
+  - name: everything-else
+    commands: ["*"]
+    decision: allow
+"""
+
+
+def _redirect(project: str) -> dict[str, Any]:
+    pol = Path("/etc/agentsh/policies")
+    pol.mkdir(parents=True, exist_ok=True)
+    (pol / "default.yaml").write_text(REDIRECT_POLICY)
+    try:
+        return _run(["/bin/bash", "-c", "curl -s http://example.com >&2; echo after"], project)
     finally:
         (pol / "default.yaml").unlink()
 
@@ -237,6 +261,13 @@ def test_invalid_policy_refuses_and_names_the_file(scenario: dict[str, Any]) -> 
     assert done["out"] == b""
     assert "/etc/agentsh/policies/default.yaml:4" in done["err"]
     assert "nme" in done["err"]
+
+
+def test_redirect_rule_rewrites_the_command(scenario: dict[str, Any]) -> None:
+    done = scenario["redirect"]
+    assert done["rc"] == 0, done
+    assert done["out"] == b"after\n"
+    assert done["err"] == "fetched-by-proxy\n", "redirected, keeping the command's redirections"
 
 
 def test_unwritable_audit_store_refuses(scenario: dict[str, Any]) -> None:
