@@ -29,7 +29,6 @@ import importlib
 import importlib.util
 import io
 import os
-import pickle
 import re
 import sys
 import types
@@ -37,7 +36,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from agentsh.shell import quoting, tsparse
+from agentsh.shell import quoting
 from agentsh.shell.ast import (
     Assignment,
     CommandList,
@@ -54,6 +53,11 @@ from agentsh.shell.ast import (
     Word,
 )
 
+try:  # the C unpickler itself: the pickle module's Python half costs ~1.5 ms a start
+    from _pickle import Unpickler, UnpicklingError
+except ImportError:  # not CPython
+    from pickle import Unpickler, UnpicklingError
+
 CACHE_FILE = Path(__file__).with_name("_bashlex_tables.pickle")
 _CACHE_FORMAT = 1
 # Files whose content determines bashlex's tables (grammar, tokens, table builder).
@@ -69,11 +73,11 @@ class _Unsupported(Exception):
 # --- parse tables ------------------------------------------------------------------------
 
 
-class _DataOnly(pickle.Unpickler):
+class _DataOnly(Unpickler):
     """Refuses every class: a cache can only ever produce builtin containers and scalars."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"class {module}.{name} not allowed in the table cache")
+        raise UnpicklingError(f"class {module}.{name} not allowed in the table cache")
 
 
 def _fingerprint() -> str:
@@ -105,7 +109,7 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
         return None
     try:
         data = _DataOnly(io.BytesIO(path.read_bytes())).load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+    except (OSError, UnpicklingError, EOFError, ValueError, TypeError):
         return None
     if not isinstance(data, dict) or data.get("fingerprint") != _fingerprint():
         return None
@@ -126,14 +130,42 @@ def _from_tables(tables: dict[str, Any], yacc: Any) -> Any:
             prod = yacc.Production(number, name, syms, func=func)
             prod.bind(pdict)
             prods.append(prod)
+        # The tables were unpickled for this one import: the parser may own (and patch)
+        # them without a copy.
         lrtab = types.SimpleNamespace(
-            lr_productions=prods,
-            lr_action={s: dict(a) for s, a in tables["action"].items()},
-            lr_goto={s: dict(g) for s, g in tables["goto"].items()},
+            lr_productions=prods, lr_action=tables["action"], lr_goto=tables["goto"]
         )
         return yacc.LRParser(lrtab, pdict["p_error"])
 
     return build
+
+
+class _InspectOnDemand(types.ModuleType):
+    """What ``bashlex.yacc`` gets for ``import inspect`` on the cached-table path.
+
+    yacc imports inspect (~7 ms a start) only to read the grammar's source when it builds
+    tables, which that path never does. This stand-in is in ``sys.modules`` only while
+    yacc is imported; any later use of an attribute imports the real inspect and answers
+    from it, so yacc behaves as before if it ever needs it.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get("inspect") is self:
+            del sys.modules["inspect"]
+        return getattr(importlib.import_module("inspect"), name)
+
+
+def _import_yacc(*, defer_inspect: bool) -> Any:
+    """``bashlex.yacc``, with inspect imported on demand when ``defer_inspect``."""
+    if not defer_inspect or "inspect" in sys.modules:
+        return importlib.import_module("bashlex.yacc")
+    stand_in = _InspectOnDemand("inspect")
+    sys.modules["inspect"] = stand_in
+    try:
+        return importlib.import_module("bashlex.yacc")
+    finally:
+        if sys.modules.get("inspect") is stand_in:
+            del sys.modules["inspect"]
 
 
 def _import_with(replacement: Any | None, capture: dict[str, Any] | None = None) -> Any:
@@ -145,7 +177,7 @@ def _import_with(replacement: Any | None, capture: dict[str, Any] | None = None)
     pkg = importlib.util.module_from_spec(spec)
     sys.modules["bashlex"] = pkg  # the package exists, its __init__ has not run yet
     try:
-        yacc: Any = importlib.import_module("bashlex.yacc")
+        yacc: Any = _import_yacc(defer_inspect=replacement is not None)
         original = yacc.yacc
         yacc.yacc = replacement(yacc) if replacement else _capturing(original, capture)
         try:
@@ -200,7 +232,8 @@ def warm(path: Path = CACHE_FILE) -> int:
     """
     if "bashlex" in sys.modules:
         raise RuntimeError("warm() needs a process that has not imported bashlex")
-    import tempfile  # only the one-off --warm step needs it
+    import pickle  # only the one-off --warm step needs these
+    import tempfile
 
     captured: dict[str, Any] = {}
     _import_with(None, captured)
@@ -262,6 +295,8 @@ def parse(text: str) -> Script:
         return _parse_bashlex(bashlex, text)
     except failures as e:
         why = f"bashlex: {type(e).__name__}: {e}"
+    from agentsh.shell import tsparse  # only when bashlex fails: off the common start-up path
+
     try:
         return tsparse.parse(text)
     except (tsparse.Unsupported, RecursionError) as e:

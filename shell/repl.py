@@ -126,7 +126,8 @@ def _governed(session: PromptSession[str], settings: run.Settings, text: str, si
 
 def serve(inv: Invocation, real: str) -> NoReturn:
     """Run the interactive governed shell until ``exit`` or end of input."""
-    settings = run.load_settings(Path("/"), trusted_only=True)
+    root = Path("/")
+    settings = run.load_settings(root, trusted_only=True, cache_dir=root / run.SETTINGS_CACHE)
     bash = _Bash(
         real, inv.argv0.lstrip("-") or "bash", run.filter_environment(settings, os.environ).env
     )

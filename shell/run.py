@@ -8,14 +8,15 @@ from __future__ import annotations
 import os
 import pwd
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from agentsh.enforce import audit, config, engine, envfilter, loader, plan
+# Not enforce.config / enforce.loader: they import the YAML stack, which only a settings
+# cache miss needs (enforce.snapshot imports them then).
+from agentsh.enforce import audit, engine, envfilter, plan, snapshot
 from agentsh.enforce.errors import Blocked, InternalError
 from agentsh.enforce.policy import Decision, Policy, Verdict
 from agentsh.enforce.record import dataclass, replace
@@ -24,15 +25,20 @@ from agentsh.shell.invocation import Invocation, Source
 
 STARTUP_FILE = "usr/lib/agentsh/bash_startup.sh"
 CONFIG_FILE = "etc/agentsh/config.yaml"
+SETTINGS_CACHE = "var/cache/agentsh/settings"  # under the root; see enforce.snapshot
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Config and policy for one run, and where they came from."""
+    """What one run needs from the config and the policy (nothing else of the config:
+    a settings cache hit never loads it, see :mod:`agentsh.enforce.snapshot`)."""
 
-    config: config.Config
     policy: Policy
     root: Path
+    audit_enabled: bool
+    audit_path: Path
+    env_inject: tuple[tuple[str, str], ...]  # the config's sandbox.env_inject
+    approvals_enabled: bool
 
 
 # The project root when the shell starts in "/": a path that exists nowhere, so rules on
@@ -68,25 +74,33 @@ def load_settings(
     config_path: Path | None = None,
     policy_path: Path | None = None,
     trusted_only: bool = False,
+    cache_dir: Path | None = None,
 ) -> Settings:
     """Load the config (``<root>/etc/agentsh/config.yaml`` unless given) and its policy.
 
     With ``trusted_only`` (the shim path) every file must be root-owned and not
-    group/world-writable, and no location may come from the caller.
+    group/world-writable, and no location may come from the caller. ``cache_dir`` (the
+    frontend: ``<root>/var/cache/agentsh/settings``) enables the settings cache of
+    :mod:`agentsh.enforce.snapshot`, used only with ``trusted_only`` and by root.
 
     Raises:
         PolicyError: a file is invalid, missing where the config names it, or untrusted.
     """
-    cfg_file = config_path or root / CONFIG_FILE
-    if trusted_only and cfg_file.exists():
-        config.require_root_owned(cfg_file)
-    cfg = config.load_config(cfg_file)
-    located = policy_path or config.locate_policy(cfg)
-    path = located if located is not None else config.builtin_policy_path()
-    if trusted_only:
-        config.require_root_owned(path)
-    policy = loader.load(path, policy_variables(os.getcwd()))
-    return Settings(config=cfg, policy=policy, root=root)
+    snap = snapshot.load(
+        config_path or root / CONFIG_FILE,
+        override=policy_path,
+        variables=policy_variables(os.getcwd()),
+        trusted=trusted_only,
+        cache_dir=cache_dir,
+    )
+    return Settings(
+        policy=snap.policy,
+        root=root,
+        audit_enabled=snap.audit_enabled,
+        audit_path=Path(snap.audit_path),
+        env_inject=snap.env_inject,
+        approvals_enabled=snap.approvals_enabled,
+    )
 
 
 def startup_file(root: Path) -> str:
@@ -172,9 +186,9 @@ def _env_event(session: str, decision: str, rule: str | None, message: str) -> a
 
 def record(settings: Settings, events: Sequence[audit.Event]) -> None:
     """Store audit events. Raises AuditUnavailable when the store cannot be written."""
-    if not settings.config.audit_enabled or not events:
+    if not settings.audit_enabled or not events:
         return
-    store = audit.open_store(settings.config.audit_path)
+    store = audit.open_store(settings.audit_path)
     try:
         for event in events:
             store.record(event)
@@ -258,7 +272,7 @@ def governed_bash(
     """
     if not os.path.isfile(real) or not os.access(real, os.X_OK):
         raise InternalError(f"real shell {real} is missing or not executable")
-    settings = load_settings(root, trusted_only=True)
+    settings = load_settings(root, trusted_only=True, cache_dir=root / SETTINGS_CACHE)
     text, stdin_bytes = _script_text(inv)
     checks, env = judge(settings, text, session=session or new_session(), layer="precheck")
     args = inv.args
@@ -278,7 +292,7 @@ def filter_environment(settings: Settings, environ: Mapping[str, str]) -> envfil
     """
     inject = {"BASH_ENV": startup_file(settings.root)}
     inject.update(dict(settings.policy.env_inject))
-    inject.update(settings.config.env_inject)
+    inject.update(settings.env_inject)
     return envfilter.filter_env(dict(environ), settings.policy.env_policy, inject=inject)
 
 
@@ -311,6 +325,8 @@ def governed_exec(
             f"redirect rules apply to shell command lines: {text}",
             hint=f"run it as `agentsh exec -- bash -c {shlex.quote(text)}`",
         )
+    import shutil  # `agentsh exec` only; not on the bash frontend's path
+
     path = shutil.which(command[0], path=env.get("PATH", os.defpath))
     if path is None:
         raise InternalError(f"{command[0]}: command not found")
