@@ -8,7 +8,6 @@ and execs bash.real in place, or refuses: exit 126 (blocked), 2 (usage, bad poli
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ def find_real_bash() -> str:
     Raises:
         InternalError: no bash found.
     """
+    import shutil  # only without --real (the shim always passes it): keep it off that path
+
     found = shutil.which("bash")
     if found is None:
         raise InternalError("no bash on PATH")
