@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BOOT_PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
-APT_PKGS := gcc libc6-dev musl-tools mandoc util-linux iproute2
+APT_PKGS := gcc libc6-dev musl-tools mandoc util-linux iproute2 libfuse3-dev fuse3 pkg-config
 SRC := $(shell find shell enforce install policies -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.sh' \) 2>/dev/null) pyproject.toml
 SHIM := build/agentsh-shell-shim
 PYTEST_ARGS ?=
@@ -31,7 +31,7 @@ $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(BOOT_PY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools
 	$(PY) -m pip install -q "bashlex==0.18" "tree-sitter>=0.23" "tree-sitter-bash>=0.23" pyyaml psutil \
-	    prompt-toolkit pytest pytest-timeout pexpect ruff mypy types-pyyaml types-psutil
+	    prompt-toolkit pytest pytest-timeout pexpect ruff mypy types-pyyaml types-psutil pyfuse3
 	touch $@
 
 # A regular (non-editable) install: the frontend starts with `python -I`, so no .pth

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _events_parser(verbs)
     _shim_parser(verbs)
     _detect_parser(verbs)
+    _trash_parser(verbs)
     return parser
 
 
@@ -152,6 +153,12 @@ def _detect_parser(verbs: Any) -> None:
     from agentsh.shell import detect_cli
 
     detect_cli.add_parser(verbs)
+
+
+def _trash_parser(verbs: Any) -> None:
+    from agentsh.shell import trash_cli
+
+    trash_cli.add_parser(verbs)
 
 
 # --- verbs ---------------------------------------------------------------------------
