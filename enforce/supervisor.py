@@ -1,0 +1,632 @@
+"""The exec supervisor: answers every syscall the governed tree's filter traps
+(ARCHITECTURE §3 step 8), through the listener fd of seccomp_unotify(2).
+
+``serve`` loops until the last governed process is gone (POLLHUP on the listener). For each
+notification it decides, audits through ``sink``, and answers:
+
+- execve/execveat: read path and argv from ``/proc/TID/mem`` (bounded; unreadable → deny),
+  resolve the file as the kernel will (cwd, dirfd, AT_EMPTY_PATH, symlinks, ``..``,
+  ``/proc/self/root``), follow ``#!`` interpreters, ask ``checker`` about the program and
+  each interpreter, re-check SECCOMP_IOCTL_NOTIF_ID_VALID, then CONTINUE or EACCES. A refusal
+  writes one line to the process's stderr where possible.
+- kill/tkill/tgkill/pidfd_send_signal/rt_sigqueueinfo/rt_tgsigqueueinfo: a governed process
+  may signal its own tree (processes whose ancestry reaches the governed root, or that
+  were seen trapping a syscall, so daemons stay members), never pid 1, the supervisor, or
+  anything outside → EPERM. Signal 0 (an existence probe) is always allowed.
+- ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree → else EPERM.
+- everything else the filter traps (mount, kexec, bpf, io_uring, TIOCSTI, ...) → EPERM.
+
+Time of check vs time of use (issue 3, item 2). CONTINUE lets the kernel run the exec with
+the *tracee's* memory and filesystem as they are a moment later: another thread (or a
+process sharing the pages, or a writer of ``/proc/TID/mem``) can rewrite the path or argv,
+or a symlink can be swapped, after the check. seccomp_unotify(2) says as much. The defence
+is a second, kernel-synchronous check at the exec boundary (``verify=True``,
+``enforce.boundary``): before the CONTINUE the supervisor PTRACE_SEIZEs the thread
+(TRACEEXEC|EXITKILL), and right after it PTRACE_INTERRUPTs it. The kernel then stops the
+thread either at PTRACE_EVENT_EXEC — after the point of no return, before the new image
+runs one instruction — or, if the exec failed, at the interrupt stop. At the exec stop the
+supervisor compares ``/proc/PID/exe`` (device and inode) and ``/proc/PID/cmdline`` with the
+image and argv it approved (for a ``#!`` script: the final interpreter and the argv the
+kernel builds) and SIGKILLs the process on any difference; then it detaches. EXITKILL
+makes a dead supervisor kill a stopped thread instead of letting it run unchecked. The
+racing tests show the gap is real without it. What remains: a thread that another
+process already traces cannot be seized, so its exec is refused (debuggers that exec
+their target, such as ``strace CMD``, work only from outside the governed tree); exec
+formats handled by binfmt_misc are refused with ENOEXEC (scripts without ``#!`` still run:
+the shell falls back to interpreting them itself, and that shell is governed).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from agentsh.enforce import audit, boundary, image, seccomp, tracee
+from agentsh.enforce.errors import AuditUnavailable
+from agentsh.enforce.policy import Decision, Verdict
+
+NR_EXECVE, NR_EXECVEAT = 59, 322
+SIGNAL_CALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
+SIGNAL_CALLS |= {129: "rt_sigqueueinfo", 297: "rt_tgsigqueueinfo"}
+NR_PTRACE, NR_PIDFD_GETFD = 101, 438
+# Calls that can give a process another root or mount namespace. The filter traps them so
+# the supervisor knows when exec paths can no longer be resolved in its own view; they
+# are allowed (mount, umount2 and pivot_root stay refused, so an unshared namespace is a
+# copy of ours).
+VIEW_CALLS = {161: "chroot", 308: "setns"}
+
+
+class ExecRequest(NamedTuple):
+    """One program an exec would start, for the checker (a NamedTuple: built per exec on
+    the supervisor's hot path).
+
+    Attributes:
+        pid: the calling thread as the supervisor sees it.
+        path: canonical path of the file the kernel runs (symlinks and ``..`` resolved).
+        raw_path: the path as the caller wrote it (the ``#!`` name for an interpreter).
+        argv: the argv the program receives (``argv[0]`` may name anything: ``exec -a``).
+        cwd: the caller's working directory.
+        script: for an interpreter the kernel starts for a ``#!`` script, that script.
+        trusted_alias: ``raw_path`` is a symlink only root could have made, so its name
+            may stand for the program (``/usr/bin/python3`` for ``python3.11``).
+        depth_of: computes ``depth`` (see there) when first asked.
+    """
+
+    pid: int
+    path: str
+    raw_path: str
+    argv: tuple[str, ...]
+    cwd: str
+    script: str | None = None
+    trusted_alias: bool = False
+    depth_of: Callable[[], int | None] = lambda: None
+
+    @property
+    def depth(self) -> int | None:
+        """0 for the governed root, 1 for its children, ...; None when the ancestry no
+        longer reaches the root (a daemon reparented to init). Computed on first use: it
+        reads ``/proc/PID/stat`` of every ancestor, and most checks never need it."""
+        return self.depth_of()
+
+
+Checker = Callable[[ExecRequest], Verdict]
+Sink = Callable[[audit.Event], None]
+
+
+class Allowed(NamedTuple):
+    """An allowed exec: audited when the queue is flushed (off the exec's critical path),
+    and the tag the exec-boundary check returns with a mismatch."""
+
+    req: ExecRequest
+    verdict: Verdict
+    when: float
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """One line: control characters escaped, long text cut."""
+    out = "".join(c if c.isprintable() else f"\\x{ord(c) & 0xFF:02x}" for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+# Syscalls the filter hands over only to be refused (and audited): nr -> (name, what).
+HARDENED: dict[int, tuple[str, str]] = {
+    165: ("mount", "mounting filesystems"),
+    166: ("umount2", "unmounting filesystems"),
+    155: ("pivot_root", "changing the root filesystem"),
+    428: ("open_tree", "mounting filesystems"),
+    429: ("move_mount", "mounting filesystems"),
+    430: ("fsopen", "mounting filesystems"),
+    431: ("fsconfig", "mounting filesystems"),
+    432: ("fsmount", "mounting filesystems"),
+    433: ("fspick", "mounting filesystems"),
+    442: ("mount_setattr", "mounting filesystems"),
+    246: ("kexec_load", "loading a new kernel"),
+    320: ("kexec_file_load", "loading a new kernel"),
+    175: ("init_module", "loading kernel modules"),
+    313: ("finit_module", "loading kernel modules"),
+    176: ("delete_module", "unloading kernel modules"),
+    169: ("reboot", "rebooting the machine"),
+    172: ("iopl", "raw I/O port access"),
+    173: ("ioperm", "raw I/O port access"),
+    321: ("bpf", "loading BPF programs"),
+    298: ("perf_event_open", "performance monitoring of other processes"),
+    323: ("userfaultfd", "userfaultfd"),
+    425: ("io_uring_setup", "io_uring (a side door around syscall supervision)"),
+    426: ("io_uring_enter", "io_uring (a side door around syscall supervision)"),
+    427: ("io_uring_register", "io_uring (a side door around syscall supervision)"),
+    311: ("process_vm_writev", "writing another process's memory"),
+    304: ("open_by_handle_at", "opening files by handle (it bypasses path checks)"),
+    16: ("ioctl", "terminal input injection (TIOCSTI/TIOCLINUX)"),
+    135: ("personality", "changing the execution domain (personality)"),
+}
+
+
+class Supervisor:
+    """One governed tree's supervisor; see the module docstring. Single-threaded.
+
+    ``run`` is the user-notify transport. Another transport (the ptrace backend) reuses the
+    decisions through this surface: ``listener`` is any ``seccomp.Listener`` (recv, allow,
+    fail, succeed, id_valid); ``handle_one`` answers one notification; ``exec_boundary`` is
+    ``Boundary(seize=False)`` when the transport already traces every member, and then its
+    ``take``/``check`` at each exec stop, with ``exec_changed`` for a mismatch; ``tell``,
+    ``record`` and ``flush`` reach the process's stderr and the audit sink.
+    """
+
+    def __init__(
+        self,
+        listener: int | seccomp.Listener,
+        checker: Checker,
+        sink: Sink,
+        *,
+        frontend_pid: int,
+        session: str = "",
+        first_exec: str | None = None,
+        verify: bool = True,
+        exec_boundary: boundary.Boundary[Allowed] | None = None,
+    ) -> None:
+        self.listener = (
+            listener if isinstance(listener, seccomp.Listener) else seccomp.Listener(listener)
+        )
+        self.checker, self.sink, self.session, self.verify = checker, sink, session, verify
+        self.tree = tracee.Tree(frontend_pid)
+        self.first_exec = first_exec  # the frontend's own exec of bash.real: prechecked
+        self.boundary: boundary.Boundary[Allowed] = exec_boundary or boundary.Boundary()
+        # Events to hand to the sink; an allowed exec is queued as its (request, verdict,
+        # time) and becomes an Event only when flushed, off the exec's critical path.
+        self.queue: list[audit.Event | Allowed] = []
+        self.audit_down: str | None = None
+        self.views_changed = False  # some member called chroot or setns
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> int:
+        """Serve the user-notify listener until no governed process is left. Returns 0."""
+        self.listener.set_flags(seccomp.USER_NOTIF_FD_SYNC_WAKE_UP)  # best effort (>= 6.6)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.verify:
+            # Exec-boundary stops of seized threads arrive as SIGCHLD (we are their tracer).
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+            signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        poller = select.poll()
+        poller.register(self.listener.fd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        while True:
+            events = poller.poll(0 if self.queue else None)
+            if not events:
+                self.flush()
+                continue
+            if self._handle(events, wake_r):
+                self._reap()
+                self.flush()
+                return 0
+
+    def _handle(self, events: list[tuple[int, int]], wake_r: int) -> bool:
+        """Serve ready fds; True when the listener hung up (every governed task is gone)."""
+        hup = False
+        for fd, ev in events:
+            if fd == wake_r:
+                while _drain(wake_r):
+                    pass
+                self._reap()
+            elif ev & select.POLLIN:
+                self.handle_one()
+            elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                hup = True
+        return hup
+
+    def handle_one(self) -> None:
+        """Receive one notification from ``listener`` and answer it."""
+        try:
+            note = self.listener.recv()
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.EINTR):  # withdrawn before we got it
+                return
+            raise
+        self.tree.saw(note.pid)  # it carries the filter: a member of the tree
+        if note.nr in (NR_EXECVE, NR_EXECVEAT):
+            self._exec(note)
+        elif note.nr in SIGNAL_CALLS:
+            self._signal(note)
+        elif note.nr in (NR_PTRACE, NR_PIDFD_GETFD):
+            self._reach(note)
+        elif note.nr in VIEW_CALLS:
+            # From now on every exec checks the caller's root and mount namespace.
+            self.views_changed = True
+            self.listener.allow(note.id)
+        else:
+            self._harden(note)
+
+    # ------------------------------------------------------------------ exec
+
+    def _exec(self, note: seccomp.Notification) -> None:
+        tid = note.pid
+        depth = tracee.Depth(self.tree, tid)
+        try:
+            call = tracee.read_exec(tid, note.nr, note.args)
+            reqs, expect_argv, final = self._plan(tid, call, depth)
+        except tracee.Unreadable as err:
+            raw = ExecRequest(tid, "?", "?", (), tracee.cwd(tid), depth_of=depth)
+            self._refuse_exec(note, raw, Verdict(Decision.DENY, "exec-unreadable", str(err)))
+            return
+        except OSError as err:  # the errno the kernel itself would give (ENOENT, ...)
+            self.listener.fail(note.id, err.errno or errno.EACCES)
+            return
+        verdict = self._judge(reqs)
+        # The reads above are only trustworthy if the thread still waits: a dead thread's
+        # pid could have been reused by another process between RECV and the reads.
+        if not self.listener.id_valid(note.id):
+            return
+        if not verdict.allowed:
+            self._refuse_exec(note, reqs[0], verdict)
+            return
+        cmdline = b"\0".join(expect_argv) + b"\0"
+        expected = boundary.Expected(final.dev, final.ino, cmdline)
+        self._continue_exec(note, expected, Allowed(reqs[0], verdict, time.time()))
+
+    def _plan(
+        self, tid: int, call: tracee.ExecArgs, depth: Callable[[], int | None]
+    ) -> tuple[list[ExecRequest], list[bytes], image.Image]:
+        """The programs the exec starts (the file, then each #! interpreter), the argv the
+        final image receives, and that image."""
+        argv = list(call.argv) or [b""]  # the kernel turns an empty argv into [""]
+        same = None if self.views_changed else True
+        img = image.resolve(tid, call, same_view=same)
+        where = tracee.cwd(tid)
+        reqs = [_request(tid, call, img, argv, where=where, depth=depth, script=None)]
+        filename = _bprm_filename(call)
+        for _ in range(image.MAX_INTERPRETERS):
+            if image.is_elf(img.head):
+                return reqs, argv, img
+            script = image.shebang(img.head)
+            if script is None:
+                raise OSError(errno.ENOEXEC, "not an ELF file or #! script")
+            name, arg = script
+            icall = tracee.ExecArgs(tracee.AT_FDCWD, name, (), 0)
+            interp = image.resolve(tid, icall, same_view=same)
+            argv = [name, *([arg] if arg is not None else []), filename, *argv[1:]]
+            reqs.append(
+                _request(tid, icall, interp, argv, where=where, depth=depth, script=img.path)
+            )
+            filename, img = name, interp
+        raise OSError(errno.ELOOP, "too many levels of #! interpreters")
+
+    def _judge(self, reqs: list[ExecRequest]) -> Verdict:
+        """The first refusal among the program and its interpreters, else the program's
+        verdict."""
+        if self.audit_down is not None:
+            return Verdict(Decision.DENY, "audit-unavailable", self.audit_down)
+        first = reqs[0]
+        if self.first_exec is not None and first.pid == self.tree.root:
+            expected, self.first_exec = self.first_exec, None
+            if os.path.realpath(expected) == first.path:
+                return Verdict(Decision.ALLOW, None, "the governed shell itself (prechecked)")
+        verdicts = [self._check(r) for r in reqs]
+        return next((v for v in verdicts if not v.allowed), verdicts[0])
+
+    def _check(self, req: ExecRequest) -> Verdict:
+        try:
+            return self.checker(req)
+        except Exception as err:  # noqa: BLE001 — one bad check must refuse, not end supervision
+            return Verdict(Decision.DENY, "supervisor-error", f"the exec check failed: {err!r}")
+
+    def _continue_exec(
+        self, note: seccomp.Notification, expected: boundary.Expected, allowed: Allowed
+    ) -> None:
+        """CONTINUE, held for the exec-boundary check when ``verify`` is on (seize before
+        the answer, interrupt right after it: see ``enforce.boundary``)."""
+        if not self.verify:
+            self.listener.allow(note.id)
+            self.record(allowed)
+            return
+        why = self.boundary.arm(note.pid)
+        if why is not None:
+            message = f"cannot verify this exec ({why}); run debuggers outside agentsh"
+            verdict = Verdict(Decision.DENY, "exec-unverifiable", message)
+            self._refuse_exec(note, allowed.req, verdict)
+            return
+        delivered = self.listener.allow(note.id)
+        self.boundary.hold(note.pid, expected if delivered else None, allowed)
+        self.record(allowed)
+
+    def _refuse_exec(self, note: seccomp.Notification, req: ExecRequest, verdict: Verdict) -> None:
+        self._refuse(
+            note, " ".join(req.argv) or req.raw_path, self._event(req, verdict), errno.EACCES
+        )
+
+    # ------------------------------------------------------------------ exec boundary
+
+    def _reap(self) -> None:
+        """Collect exec-boundary stops; audit (and tell) every exec killed there."""
+        for mismatch in self.boundary.reap():
+            self.exec_changed(mismatch)
+
+    def exec_changed(self, mismatch: boundary.Mismatch[Allowed]) -> None:
+        """Audit, and tell the process about, an exec killed at its boundary because the
+        image or argv changed after the check."""
+        pid, cmdline, allowed = mismatch
+        argv = tuple(_text(a) for a in cmdline.split(b"\0")[:-1]) or allowed.req.argv
+        message = (
+            "the program or its arguments changed between the check and the exec "
+            f"(approved {' '.join(allowed.req.argv)!r}); the process was killed"
+        )
+        verdict = Verdict(Decision.DENY, "exec-changed", message)
+        event = self._event(allowed.req._replace(pid=pid, argv=argv), verdict)
+        self.tell(pid, _line(" ".join(argv), event))
+        self.record(event, urgent=True)
+
+    # ------------------------------------------------------------------ signals, reach
+
+    def _signal(self, note: seccomp.Notification) -> None:
+        name = SIGNAL_CALLS[note.nr]
+        pids, groups, sig = _signal_targets(name, note)
+        if sig == 0 and not groups and pids != [-1]:
+            self.listener.allow(note.id)  # an existence probe changes nothing
+            return
+        refusal = self._signal_refusal(note.pid, pids, groups)
+        if refusal is None:
+            self.listener.allow(note.id)
+            return
+        rule, message = refusal
+        what = f"{name}({', '.join(map(str, pids + [-g for g in groups]))}, {_signame(sig)})"
+        event = self._syscall_event(note.pid, what, rule, message, "signal")
+        self._refuse(note, what, event, errno.EPERM)
+
+    def _signal_refusal(
+        self, caller: int, pids: list[int], groups: list[int]
+    ) -> tuple[str, str] | None:
+        for pid in pids:
+            if pid == -1:
+                return "signal-everything", "signalling every process (kill -1) is not allowed"
+            if pid == caller or (pid > 1 and pid != os.getpid() and tracee.stat(pid) is None):
+                continue  # itself, or a process that does not exist (the kernel says ESRCH)
+            refusal = self._target_refusal(pid)
+            if refusal is not None:
+                return refusal
+        for pgrp in groups:
+            if not self.tree.group_inside(pgrp):
+                return (
+                    "signal-outside-tree",
+                    f"process group {pgrp} has members outside the governed process tree",
+                )
+        return None
+
+    def _target_refusal(self, pid: int) -> tuple[str, str] | None:
+        if pid == 1:
+            return "signal-init", "init (pid 1) cannot be signalled from a governed shell"
+        if pid == os.getpid():
+            return "signal-supervisor", "the agentsh supervisor cannot be signalled"
+        if not self.tree.contains(pid):
+            return "signal-outside-tree", f"process {pid} is outside the governed process tree"
+        return None
+
+    def _reach(self, note: seccomp.Notification) -> None:
+        """ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree."""
+        if note.nr == NR_PTRACE:
+            name, target = "ptrace", tracee.s32(note.args[1])
+        else:
+            pidfd = tracee.s32(note.args[0])
+            name, target = "pidfd_getfd", tracee.fd_target_pid(note.pid, pidfd) or 0
+        gone = target > 1 and tracee.stat(target) is None
+        if target <= 0 or gone or self.tree.contains(target):
+            self.listener.allow(note.id)  # nothing to protect, or a member: the kernel decides
+            return
+        refusal = self._target_refusal(target) or ("outside-tree", "")
+        rule = f"{name}-{refusal[0].removeprefix('signal-')}"
+        message = f"{name} of process {target} outside the governed tree is not allowed"
+        event = self._syscall_event(note.pid, f"{name}({target})", rule, message, "syscall")
+        self._refuse(note, f"{name}({target})", event, errno.EPERM)
+
+    def _harden(self, note: seccomp.Notification) -> None:
+        name, what = HARDENED.get(note.nr, (f"syscall {note.nr}", "this system call"))
+        message = f"{what} is not allowed in a governed shell"
+        event = self._syscall_event(note.pid, name, f"deny-{name}", message, "syscall")
+        self._refuse(note, name, event, errno.EPERM)
+
+    # ------------------------------------------------------------------ refusing, audit
+
+    def _refuse(self, note: seccomp.Notification, what: str, event: audit.Event, err: int) -> None:
+        """Tell the process (one line on its stderr), audit, then fail the syscall."""
+        self.tell(note.pid, _line(what, event))
+        self.record(event, urgent=True)
+        self.listener.fail(note.id, err)
+
+    def tell(self, tid: int, line: str) -> None:
+        """Write ``line`` to the process's stderr if that is safe right now.
+
+        The fd is the process's own open file description (pidfd_getfd), so we write
+        exactly where, and with the access, the process itself could — never a reopened
+        path (``/proc/PID/fd/2`` reopened could turn a read-only fd into a writable one).
+        Nothing is written unless poll says the write cannot block, so a full pipe or a
+        stalled terminal never stalls the supervisor.
+        """
+        data = (_printable(line, 1000) + "\n").encode("utf-8", "replace")[: select.PIPE_BUF]
+        try:
+            pidfd = os.pidfd_open(tracee.tgid(tid))
+        except OSError:
+            return
+        try:
+            fd = seccomp.pidfd_getfd(pidfd, 2)
+        except OSError:
+            os.close(pidfd)
+            return
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                return
+            ready = select.poll()
+            ready.register(fd, select.POLLOUT)
+            if ready.poll(0):
+                os.write(fd, data)
+        except OSError:
+            pass  # best effort: the refusal itself does not depend on it
+        finally:
+            os.close(fd)
+            os.close(pidfd)
+
+    def _event(self, req: ExecRequest, verdict: Verdict, when: float = 0.0) -> audit.Event:
+        return audit.Event(
+            when or time.time(),
+            self.session,
+            req.pid,
+            req.cwd,
+            req.argv or (req.raw_path,),
+            verdict.decision.value if verdict.allowed else "deny",
+            verdict.rule,
+            verdict.message,
+            "exec",
+            "command",
+        )
+
+    def _syscall_event(
+        self, tid: int, what: str, rule: str, message: str, kind: str
+    ) -> audit.Event:
+        return audit.Event(
+            time.time(),
+            self.session,
+            tid,
+            tracee.cwd(tid),
+            (what,),
+            "deny",
+            rule,
+            message,
+            kind,
+            kind,
+        )
+
+    def record(self, event: audit.Event | Allowed, *, urgent: bool = False) -> None:
+        """Queue an event for the sink; ``urgent`` (refusals) flushes at once."""
+        self.queue.append(event)
+        if urgent or len(self.queue) >= 64:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand queued events to the sink. A sink that cannot record (AuditUnavailable)
+        makes every later exec refuse (fail closed)."""
+        queue, self.queue = self.queue, []
+        for item in queue:
+            event = self._event(*item) if isinstance(item, Allowed) else item
+            try:
+                self.sink(event)
+            except AuditUnavailable as err:
+                self.audit_down = f"the audit store cannot be written: {err.message}"
+
+
+def _request(
+    tid: int,
+    call: tracee.ExecArgs,
+    img: image.Image,
+    argv: list[bytes],
+    *,
+    where: str,
+    depth: Callable[[], int | None],
+    script: str | None,
+) -> ExecRequest:
+    raw = _text(call.path)
+    return ExecRequest(tid, img.path, raw, _texts(argv), where, script, img.trusted_alias, depth)
+
+
+def _line(what: str, event: audit.Event) -> str:
+    """The one-line refusal the process sees on its stderr."""
+    return (
+        f"agentsh: blocked by policy: {what} (rule {event.rule or 'default-deny'}): {event.message}"
+    )
+
+
+def _drain(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return False
+
+
+def _texts(raw: list[bytes]) -> tuple[str, ...]:
+    return tuple(_text(a) for a in raw)
+
+
+def _bprm_filename(call: tracee.ExecArgs) -> bytes:
+    """The name the kernel hands a #! interpreter as the script (fs/exec.c alloc_bprm)."""
+    if call.dirfd == tracee.AT_FDCWD or call.path.startswith(b"/"):
+        return call.path
+    if not call.path:
+        return b"/dev/fd/%d" % call.dirfd
+    return b"/dev/fd/%d/%s" % (call.dirfd, call.path)
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _signal_targets(name: str, note: seccomp.Notification) -> tuple[list[int], list[int], int]:
+    """(pids, process groups, signal) a signalling syscall addresses; pid -1 means every
+    process. Arguments are ints: only their low 32 bits count."""
+    a = [tracee.s32(x) for x in note.args]
+    match name:
+        case "kill":
+            return _kill_targets(note.pid, a[0], a[1])
+        case "tkill" | "rt_sigqueueinfo":
+            return [a[0]], [], a[1]
+        case "tgkill" | "rt_tgsigqueueinfo":
+            return [a[1]], [], a[2]
+        case "pidfd_send_signal":
+            target = tracee.fd_target_pid(note.pid, a[0])
+            return ([target] if target and target > 0 else []), [], a[1]
+        case _:
+            return [-1], [], -1  # unknown: treated as "everything", refused
+
+
+def _kill_targets(caller: int, pid: int, sig: int) -> tuple[list[int], list[int], int]:
+    # kill(2): pid > 0 one process, 0 the caller's group, -1 everything, < -1 group -pid.
+    if pid == 0:
+        st = tracee.stat(caller)
+        return [], [st.pgrp if st else 0], sig
+    if pid < -1:
+        return [], [-pid], sig
+    return [pid], [], sig
+
+
+def serve(
+    listener_fd: int,
+    checker: Checker,
+    sink: Sink,
+    *,
+    frontend_pid: int,
+    session: str = "",
+    first_exec: str | None = None,
+    verify: bool = True,
+) -> int:
+    """Supervise the governed tree behind ``listener_fd`` until its last process exits.
+
+    Args:
+        listener_fd: the seccomp notify listener (SECCOMP_FILTER_FLAG_NEW_LISTENER).
+        checker: judges one program an exec would start; pure and fast (called per exec).
+        sink: receives audit events; allowed execs are batched, refusals are passed at
+            once. Raising AuditUnavailable makes later execs refuse.
+        frontend_pid: the governed root (the process that installed the filter).
+        session: the audit session id.
+        first_exec: the path the root execs first (bash.real, already prechecked).
+        verify: the exec-boundary check (module docstring); off only for benchmarks.
+
+    Returns:
+        0 once no process uses the filter any more.
+    """
+    return Supervisor(
+        listener_fd,
+        checker,
+        sink,
+        frontend_pid=frontend_pid,
+        session=session,
+        first_exec=first_exec,
+        verify=verify,
+    ).run()

@@ -1,0 +1,280 @@
+"""What the supervisor reads about a tracee that waits in a seccomp notification: its
+memory (``/proc/PID/mem``: the arguments of an exec), its ``/proc`` entries, and whether a
+process belongs to the governed tree.
+
+Every function takes the thread id the notification names (``notif.pid``). All reads are
+bounded; anything unreadable or absurd raises :class:`Unreadable`, and the caller denies.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+from agentsh.enforce.record import dataclass
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PATH_MAX = 4096
+MAX_ARG_STRLEN = 32 * PAGE  # the kernel refuses longer strings (E2BIG) anyway
+MAX_ARGS = 65536
+MAX_ARGV_BYTES = 2 * 1024 * 1024
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+NR_EXECVE, NR_EXECVEAT = 59, 322
+
+
+class Unreadable(Exception):
+    """The tracee's arguments cannot be read, or are beyond our bounds: deny."""
+
+
+def s32(value: int) -> int:
+    """The low 32 bits of a register as a signed int (how the kernel reads int args)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class Memory:
+    """``/proc/TID/mem`` of one waiting tracee, open for the duration of one notification.
+
+    Not cached across notifications: nearly every exec comes from a new child, and an fd
+    opened before an exec (or in a vfork child) keeps reading the *old* address space.
+    """
+
+    def __init__(self, tid: int) -> None:
+        try:
+            self.fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise Unreadable(f"cannot open the memory of {tid}: {err.strerror}") from err
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def read(self, addr: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``addr``; stops early at an unmapped page."""
+        try:
+            return os.pread(self.fd, size, addr)
+        except OSError as err:
+            raise Unreadable(f"unreadable memory at {addr:#x}: {err.strerror}") from err
+
+    def cstring(self, addr: int, limit: int) -> bytes:
+        """The NUL-terminated string at ``addr``, read page by page (never across an
+        unmapped page in one read)."""
+        if addr == 0:
+            raise Unreadable("NULL string pointer")
+        out = bytearray()
+        while len(out) <= limit:
+            chunk = self.read(addr, PAGE - (addr % PAGE))
+            if not chunk:
+                raise Unreadable(f"string at {addr:#x} runs into unmapped memory")
+            end = chunk.find(b"\0")
+            if end >= 0:
+                out += chunk[:end]
+                if len(out) > limit:
+                    break
+                return bytes(out)
+            out += chunk
+            addr += len(chunk)
+        raise Unreadable(f"string longer than {limit} bytes")
+
+    def pointers(self, addr: int, limit: int) -> list[int]:
+        """The NULL-terminated pointer array at ``addr`` (at most ``limit`` entries)."""
+        out: list[int] = []
+        if addr == 0:
+            return out  # execve(path, NULL, ...) is an empty argv
+        while True:
+            raw = self.read(addr, 512)
+            usable = len(raw) & ~7
+            if not usable:
+                raise Unreadable(f"argv array at {addr:#x} runs into unmapped memory")
+            for (ptr,) in struct.iter_unpack("<Q", raw[:usable]):
+                if ptr == 0:
+                    return out
+                if len(out) == limit:
+                    raise Unreadable(f"more than {limit} arguments")
+                out.append(ptr)
+            addr += usable
+
+
+@dataclass(frozen=True)
+class ExecArgs:
+    """An execve/execveat call as issued: ``dirfd`` is AT_FDCWD for execve."""
+
+    dirfd: int
+    path: bytes
+    argv: tuple[bytes, ...]
+    flags: int
+
+
+def read_exec(tid: int, nr: int, args: tuple[int, ...]) -> ExecArgs:
+    """Read path and argv of a waiting execve/execveat from the tracee's memory.
+
+    Raises:
+        Unreadable: a pointer is bad, or argv exceeds MAX_ARGS / MAX_ARGV_BYTES.
+    """
+    if nr == NR_EXECVE:
+        dirfd, path_ptr, argv_ptr, flags = AT_FDCWD, args[0], args[1], 0
+    elif nr == NR_EXECVEAT:
+        dirfd, path_ptr, argv_ptr, flags = s32(args[0]), args[1], args[2], s32(args[4])
+    else:
+        raise Unreadable(f"syscall {nr} is not an exec")
+    with Memory(tid) as mem:
+        path = mem.cstring(path_ptr, PATH_MAX)
+        argv: list[bytes] = []
+        total = 0
+        for ptr in mem.pointers(argv_ptr, MAX_ARGS):
+            arg = mem.cstring(ptr, MAX_ARG_STRLEN)
+            total += len(arg) + 1
+            if total > MAX_ARGV_BYTES:
+                raise Unreadable(f"argument list longer than {MAX_ARGV_BYTES} bytes")
+            argv.append(arg)
+    return ExecArgs(dirfd, path, tuple(argv), flags)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of ``/proc/PID/stat`` the supervisor uses."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    starttime: int
+    threads: int
+
+
+def read_proc(path: bytes, size: int = 4096) -> bytes | None:
+    """One read of a /proc file (os-level: the supervisor's hot path); None if gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def stat(pid: int) -> Stat | None:
+    """``/proc/PID/stat`` (works for thread ids too); None when the task is gone."""
+    raw = read_proc(b"/proc/%d/stat" % pid, 1024)
+    if not raw:
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    return Stat(pid, int(rest[1]), int(rest[2]), int(rest[19]), int(rest[17]))
+
+
+def cwd(tid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{tid}/cwd")
+    except OSError:
+        return "?"
+
+
+def fd_target_pid(tid: int, fd: int) -> int | None:
+    """The pid a pidfd in the tracee names (``Pid:`` in fdinfo), None if not a pidfd."""
+    return _field(read_proc(b"/proc/%d/fdinfo/%d" % (tid, fd)), b"Pid:")
+
+
+def tgid(tid: int) -> int:
+    """The process a thread belongs to (``Tgid:`` in status); ``tid`` if unknown."""
+    return _field(read_proc(b"/proc/%d/status" % tid), b"Tgid:") or tid
+
+
+def _field(raw: bytes | None, name: bytes) -> int | None:
+    for line in (raw or b"").splitlines():
+        if line.startswith(name):
+            try:
+                return int(line.split()[1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+class Depth:
+    """A process's depth in the tree: the walk is done at most once, and only if asked."""
+
+    __slots__ = ("tid", "tree", "value")
+
+    def __init__(self, tree: Tree, tid: int) -> None:
+        self.tree, self.tid = tree, tid
+        self.value: int | None = -1
+
+    def __call__(self) -> int | None:
+        if self.value == -1:
+            self.value = self.tree.depth(self.tid)
+        return self.value
+
+
+class Tree:
+    """Membership of the governed tree: the root, anything whose ancestry (``/proc/PID/stat``)
+    reaches it, and every thread seen trapping a syscall — it carries the filter, so it is
+    a member even after being reparented (a daemon). A seen pid is recorded with the boot
+    clock at that moment: a process with that pid that started no later is the same one
+    (a reused pid belongs to a process that started after the first one died)."""
+
+    def __init__(self, root: int) -> None:
+        st = stat(root)
+        self.root = root
+        self.root_start = st.starttime if st else -1
+        self.seen: dict[int, int] = {}
+        self.tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+    def saw(self, tid: int) -> None:
+        """Record a thread that trapped a syscall (hot path: no /proc read)."""
+        if len(self.seen) >= 8192:
+            self.seen = {p: t for p, t in self.seen.items() if self._is_seen(stat(p))}
+        self.seen[tid] = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def _is_root(self, st: Stat) -> bool:
+        return st.pid == self.root and st.starttime == self.root_start
+
+    def _is_seen(self, st: Stat | None) -> bool:
+        seen = None if st is None else self.seen.get(st.pid)
+        return st is not None and seen is not None and st.starttime * self.tick_ns <= seen
+
+    def depth(self, tid: int) -> int | None:
+        """Levels between ``tid`` and the root (0: the root itself); None when the ancestry
+        no longer reaches the root (a daemon reparented to init)."""
+        cur, d = stat(tid), 0
+        while cur is not None and d < 4096:
+            if self._is_root(cur):
+                return d
+            cur, d = (stat(cur.ppid) if cur.ppid > 1 else None), d + 1
+        return None
+
+    def contains(self, pid: int) -> bool:
+        """``pid`` is the root, a member, or descends from one."""
+        if pid <= 1 or pid == os.getpid():
+            return False
+        cur, steps = stat(pid), 0
+        while cur is not None and steps < 4096:
+            if self._is_root(cur) or self._is_seen(cur):
+                return True
+            cur, steps = (stat(cur.ppid) if cur.ppid > 1 else None), steps + 1
+        return False
+
+    def group_inside(self, pgrp: int) -> bool:
+        """Every process of process group ``pgrp`` is a member (an empty group is)."""
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                st = stat(int(entry.name))
+                if st is not None and st.pgrp == pgrp and not self.contains(st.pid):
+                    return False
+        return True
