@@ -19,9 +19,13 @@
 #            into bash itself: code that never goes through exec. It is disabled last, as
 #            the previous line still needs it; after that nothing can re-enable a builtin.
 #
-# Scope: bash's own builtins only. Other shells' builtins (`sh -c 'kill 1'` in dash) and
-# direct system calls (python's os.kill) are the kernel layers' job (Landlock signal scope,
-# seccomp); a child bash reads this file again as long as BASH_ENV reaches it.
+# Scope: bash's own builtins, in the governed shell that runs the agent's command line,
+# and nowhere else: the file unsets BASH_ENV, so the scripts that command runs (pyenv
+# shims, installers, `#!/bin/bash` tools, many of which use `command -v`) keep every
+# builtin. They run inside the exec-supervised tree, where every exec is checked and
+# signals outside the tree are refused by the supervisor; other shells' builtins
+# (`sh -c 'kill 1'` in dash) and direct system calls (python's os.kill) are likewise the
+# kernel layers' job.
 #
 # Ordering and invariants:
 # - Line 1 must stay first and alone: under `bash -v` bash echoes each line of this file as
@@ -62,6 +66,7 @@
       enable -n enable || :
       ;;
   esac
+  unset BASH_ENV || :
   case $_agentsh_verbose in 1) set -v ;; esac
   unset _agentsh_verbose
 } 2>/dev/null

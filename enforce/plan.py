@@ -1,15 +1,27 @@
 """The Plan: everything the frontend decided, applied in one place right before execve
-(ARCHITECTURE §3 steps 6–7). Kernel layers (Landlock, no_new_privs, seccomp) plug in here,
-in that order, seccomp last.
+(ARCHITECTURE §3 steps 6–7). Kernel layers plug in here in a fixed order: the supervisor
+is forked before any restriction, then Landlock, no_new_privs and seccomp (last).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NoReturn
 
+from agentsh.enforce import govern, supervisor
 from agentsh.enforce.errors import InternalError
 from agentsh.enforce.record import dataclass
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """Exec supervision for the tree bash.real starts. The factories run in the supervisor
+    process (it opens the audit store there, after the fork)."""
+
+    checker_factory: Callable[[], supervisor.Checker]
+    sink_factory: Callable[[], supervisor.Sink]
+    session: str
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,7 @@ class Plan:
     argv: tuple[str, ...]
     env: dict[str, str]
     stdin_script: bytes | None = None
+    supervision: Supervision | None = None  # None: already governed by an outer supervisor
 
 
 def _refeed_stdin(data: bytes) -> None:
@@ -44,15 +57,28 @@ def apply(plan: Plan) -> NoReturn:
 
     Order (each step must precede the next):
       1. stdin re-feed (needs no privileges, touches only fd 0);
-      2. [issue 4] Landlock ruleset, then no_new_privs;
-      3. [issue 3] seccomp filter — last, so nothing above is trapped;
-      4. execve: this process becomes bash.real (same PID, fds, TTY).
+      2. fork the exec supervisor, before any restriction: it must stay outside the
+         filter (it answers it) and outside Landlock (it writes the audit store);
+      3. [issue 4] Landlock ruleset;
+      4. no_new_privs, the Landlock fence and the seccomp filter — last, so nothing above
+         is trapped — then the listener hand-off (``govern.Pending.install``);
+      5. execve: this process becomes bash.real (same PID, fds, TTY); that exec is the
+         first one the supervisor answers.
 
     Raises:
+        LayerUnavailable: exec supervision cannot be installed (nothing ran).
         InternalError: the exec itself failed (bash.real missing or not executable).
     """
     if plan.stdin_script is not None:
         _refeed_stdin(plan.stdin_script)
+    pending = None
+    if plan.supervision is not None:
+        s = plan.supervision
+        pending = govern.spawn(
+            s.checker_factory, s.sink_factory, first_exec=plan.path, session=s.session
+        )
+    if pending is not None:
+        pending.install()
     try:
         os.execve(plan.path, list(plan.argv), plan.env)
     except OSError as err:

@@ -21,6 +21,7 @@ from typing import NoReturn
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import InMemoryHistory
 
+from agentsh.enforce import govern
 from agentsh.enforce.errors import Blocked
 from agentsh.enforce.policy import Decision
 from agentsh.enforce.record import replace
@@ -110,7 +111,7 @@ def _read_line(session: PromptSession[str], real: str, prompt: str) -> str | Non
 
 def _governed(session: PromptSession[str], settings: run.Settings, text: str, sid: str) -> bool:
     """Precheck one line; ask about `approve`; print the refusal. True when it may run."""
-    _, checks = run.decide(text, settings.policy, approver=True)
+    _, checks = run.decide(text, settings.policy, approver=True, supervised=True)
     for i, c in enumerate(checks):
         if c.verdict.decision is Decision.APPROVE:
             ok = _ask(session, f"agentsh: {c.text!r} needs approval: {c.verdict.message}.")
@@ -128,12 +129,19 @@ def serve(inv: Invocation, real: str) -> NoReturn:
     """Run the interactive governed shell until ``exit`` or end of input."""
     root = Path("/")
     settings = run.load_settings(root, trusted_only=True, cache_dir=root / run.SETTINGS_CACHE)
+    sid, status = run.new_session(), 0
+    # Supervise this process before bash starts, so bash and everything it runs are
+    # governed; this prompt itself never execs anything but bash and `bash -n`.
+    watch = run.supervision(settings, sid)
+    if watch is not None:
+        govern.start(watch.checker_factory, watch.sink_factory, first_exec=real, session=sid)
     bash = _Bash(
         real, inv.argv0.lstrip("-") or "bash", run.filter_environment(settings, os.environ).env
     )
     session: PromptSession[str] = PromptSession(history=InMemoryHistory())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the running command
-    sid, status = run.new_session(), 0
+    # After bash started (it keeps the default disposition): Ctrl-C belongs to the
+    # running command, never to this prompt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         home = os.path.expanduser("~")
         cwd = bash.cwd().replace(home, "~", 1) if bash.cwd().startswith(home) else bash.cwd()

@@ -10,17 +10,17 @@ import pwd
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 # Not enforce.config / enforce.loader: they import the YAML stack, which only a settings
 # cache miss needs (enforce.snapshot imports them then).
-from agentsh.enforce import audit, engine, envfilter, plan, snapshot
+from agentsh.enforce import audit, engine, envfilter, govern, plan, snapshot
 from agentsh.enforce.errors import Blocked, InternalError
 from agentsh.enforce.policy import Decision, Policy, Verdict
 from agentsh.enforce.record import dataclass, replace
-from agentsh.shell import parse, precheck
+from agentsh.shell import parse, precheck, supervise
 from agentsh.shell.invocation import Invocation, Source
 
 STARTUP_FILE = "usr/lib/agentsh/bash_startup.sh"
@@ -118,13 +118,14 @@ def blocked_message(check: precheck.CommandCheck) -> str:
 
 
 def decide(
-    text: str, policy: Policy, *, approver: bool = False
+    text: str, policy: Policy, *, approver: bool = False, supervised: bool = False
 ) -> tuple[Verdict, list[precheck.CommandCheck]]:
-    """Parse and precheck ``text``; ``approve`` without an approver becomes deny."""
+    """Parse and precheck ``text``; ``approve`` without an approver becomes deny.
+    ``supervised``: exec supervision will govern the run (opaque constructs are allowed)."""
     script = parse.parse(text)
     checks = [
         resolve_approval(c, approver=approver)
-        for c in precheck.explain(script, policy, supervised=False)
+        for c in precheck.explain(script, policy, supervised=supervised)
     ]
     verdict = Verdict(Decision.ALLOW, None, "no command to check", subject=text)
     for c in checks:
@@ -229,7 +230,7 @@ def _script_text(inv: Invocation) -> tuple[str, bytes | None]:
 
 
 def judge(
-    settings: Settings, text: str, *, session: str, layer: str
+    settings: Settings, text: str, *, session: str, layer: str, supervised: bool = False
 ) -> tuple[list[precheck.CommandCheck], dict[str, str]]:
     """Precheck ``text``, filter the environment, audit every decision, then refuse or
     return the checks and the environment to run with.
@@ -238,7 +239,7 @@ def judge(
         Blocked: a command (or the environment's size) is refused; it is audited first.
         AuditUnavailable: the decisions could not be stored; nothing may run.
     """
-    _, checks = decide(text, settings.policy)
+    _, checks = decide(text, settings.policy, supervised=supervised)
     events = command_events(checks, session=session, layer=layer)
     refusal = first_refusal(checks)
     env: dict[str, str] = {}
@@ -274,11 +275,37 @@ def governed_bash(
         raise InternalError(f"real shell {real} is missing or not executable")
     settings = load_settings(root, trusted_only=True, cache_dir=root / SETTINGS_CACHE)
     text, stdin_bytes = _script_text(inv)
-    checks, env = judge(settings, text, session=session or new_session(), layer="precheck")
+    sid = session or new_session()
+    # Every run is exec-supervised: by the supervisor this plan starts, or (nested) by the
+    # outer one that already governs this process. If it cannot be started, apply()
+    # refuses: constructs the precheck lets through under supervision never run without it.
+    checks, env = judge(settings, text, session=sid, layer="precheck", supervised=True)
     args = inv.args
     if any(c.verdict.decision is Decision.REDIRECT for c in checks):
         args = inv.with_script_arg(precheck.rewrite(text, checks))
-    plan.apply(plan.Plan(real, (inv.argv0, *args), env, stdin_bytes))
+    watch = supervision(settings, sid)
+    plan.apply(plan.Plan(real, (inv.argv0, *args), env, stdin_bytes, watch))
+
+
+def supervision(settings: Settings, session: str) -> plan.Supervision | None:
+    """Exec supervision for a new governed tree; None when an outer supervisor (proven by
+    the kernel marker, never by the environment) already governs this process."""
+    if govern.is_governed():
+        return None
+    policy = settings.policy
+    return plan.Supervision(
+        checker_factory=lambda: supervise.make_checker(policy),
+        sink_factory=lambda: _audit_sink(settings),
+        session=session,
+    )
+
+
+def _audit_sink(settings: Settings) -> Callable[[audit.Event], None]:
+    """Runs in the supervisor: one store for its whole life."""
+    if not settings.audit_enabled:
+        return lambda _event: None
+    store = audit.open_store(settings.audit_path)
+    return store.record
 
 
 def filter_environment(settings: Settings, environ: Mapping[str, str]) -> envfilter.FilteredEnv:

@@ -281,6 +281,8 @@ _SHELL = _Spec(
 
 def _shell(name: str, args: Sequence[Arg]) -> tuple[Payload, ...]:
     p = _parse(name, args, _SHELL)
+    if p.has("-n") or any(o == "-o" and v == "noexec" for o, v, _ in p.opts):
+        return ()  # noexec: the shell only parses (`bash -n` syntax checks); `set +n` is never run
     if not p.has("-c"):
         if p.operand < len(args) and not p.has("-s"):
             return ()  # a script file: checked when that (governed) shell starts

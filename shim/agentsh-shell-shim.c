@@ -18,7 +18,8 @@
  *      root-only-writable): ignore its contents, frontend= too, and force.
  *   2  a malformed line, an unknown or repeated key, an invalid value: 127.
  *      Force = force=true OR $AGENTSH_SHIM_FORCE: the environment only tightens.
- *   3  a kernel marker proves we already run governed: the real shell.
+ *   3  the kernel marker proves we already run governed (our seccomp filter
+ *      answers it): the real shell, the outer supervisor governs it.
  *   4  stdin is not a TTY and nothing forces: the real shell, untouched, with
  *      the caller's argv[0] ("-bash" stays a login shell) and environment.
  *   5  otherwise: `<frontend> -I -m agentsh.shell --argv0 A --real R -- ARGS`,
@@ -34,12 +35,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define CONF_DIR "/etc/agentsh"
 #define CONF_PATH CONF_DIR "/shim.conf"
 #define CONF_MAX 4096
 #define INSTALL_HINT "run: agentsh shim install-shell"
+
+/* The governed marker (agentsh.enforce.govern): an unassigned syscall number with two
+ * magic arguments, which only agentsh's seccomp filter answers, with this errno. */
+#define MARKER_NR 0x3FFFA65EL
+#define MARKER_ARG0 0x68736761L /* "agsh" */
+#define MARKER_ARG1 0x65766F67L /* "gove" */
+#define MARKER_ERRNO 2661
 
 struct conf {
 	bool present;            /* shim.conf exists and is trusted */
@@ -208,16 +217,19 @@ static bool env_forces(void)
 
 /*
  * Row 3: does the kernel prove this process already runs inside a governed
- * tree? Issue 3 plugs the seccomp marker in here (our filter is installed on
- * this task, confirmed by a token the supervisor answers), so that nested
- * shells skip a second frontend. Until then nothing proves it: a nested bash
- * goes through the frontend again, which is safe and only slower. This must
- * never consult the environment: the caller controls it (the Go agentsh's
- * AGENTSH_IN_SESSION=1 let any agent opt out).
+ * tree? agentsh's seccomp filter answers the marker syscall with MARKER_ERRNO;
+ * anywhere else the kernel says ENOSYS. Only a seccomp filter can produce the
+ * answer, and a process able to install one before running bash already runs
+ * outside any governed tree; inside one, the outer supervisor checks every
+ * exec whatever filters are stacked on it. This must never consult the
+ * environment: the caller controls it (the Go agentsh's AGENTSH_IN_SESSION=1
+ * let any agent opt out).
  */
 static bool proven_governed(void)
 {
-	return false;
+	long r = syscall(MARKER_NR, MARKER_ARG0, MARKER_ARG1, 0L, 0L, 0L);
+
+	return r == -1 && errno == MARKER_ERRNO;
 }
 
 /*

@@ -27,6 +27,7 @@ HOST_OK = "--i-understand-this-modifies-the-host"
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seed-policies"
 PAYLOAD_SIZE = 1 << 20
 
+# Refused by the precheck before anything runs.
 BLOCKED = {
     "sudo": "sudo whoami",
     "env-sudo": "env sudo whoami",
@@ -36,11 +37,20 @@ BLOCKED = {
     "nested-sudo": "bash -c \"sh -c 'sudo id'\"",
     "subst-sudo": "echo $(sudo id)",
     "find-exec": "find . -maxdepth 0 -exec sudo id \\;",
-    "dynamic": "x=sudo; $x id",
-    "eval": "eval 'sudo id'",
     "ssh": "ssh example.com",
     "later-in-list": "git --version && true; sudo id",
 }
+# Known only at run time: the precheck lets them through because exec supervision
+# governs the run; the supervisor refuses the exec of (a fake) sudo.
+AT_EXEC = {
+    "dynamic": "x=sudo; $x id",
+    "eval": "eval 'sudo id'",
+    "printf": "$(printf sudo) id",
+    "python": "python3 -c \"import os; os.execv('/usr/bin/sudo', ['sudo', 'id'])\"",
+    "sh-c": "python3 -c \"import subprocess; subprocess.run('sudo id', shell=True)\"",
+    "source": "echo 'sudo id' > s.sh; . ./s.sh",
+}
+FAKE_SUDO = "#!/bin/sh\ntouch {marker}\necho fake-sudo-ran\n"
 
 
 def _sha(path: str) -> str:
@@ -74,6 +84,14 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["status"] = _agentsh("shim", "status", "--output", "json", cwd=project)
     bash = ["/bin/bash", "-c"]
     r["blocked"] = {k: _run([*bash, line], project) for k, line in BLOCKED.items()}
+    marker = Path(project, "sudo-ran")
+    Path("/usr/bin/sudo").write_text(FAKE_SUDO.format(marker=marker))
+    Path("/usr/bin/sudo").chmod(0o755)
+    r["at_exec"] = {}
+    for key, line in AT_EXEC.items():
+        r["at_exec"][key] = _run([*bash, line], project)
+        r["at_exec"][key]["marker"] = marker.exists()
+        marker.unlink(missing_ok=True)
     r["echo"] = _run([*bash, "echo hi"], project)
     r["cat"] = _run([*bash, "cat"], project, data=payload)
     r["exit3"] = _run([*bash, "exit 3"], project)
@@ -82,7 +100,7 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["positional"] = _run([*bash, 'echo "$0|$1|$2"', "zero", "one", "two"], project)
     r["ulimit"] = _run([*bash, "ulimit -n"], project)
     r["secret_env"] = _run(
-        [*bash, 'echo "${AWS_SECRET_ACCESS_KEY:-unset} ${LD_PRELOAD:-unset} $BASH_ENV"'],
+        [*bash, 'echo "${AWS_SECRET_ACCESS_KEY:-unset} ${LD_PRELOAD:-unset} ${BASH_ENV-unset}"'],
         project,
         AWS_SECRET_ACCESS_KEY="AKIAEXAMPLE",
         LD_PRELOAD="/tmp/evil.so",
@@ -201,6 +219,15 @@ def test_refused_with_the_rule(scenario: dict[str, Any], case: str) -> None:
     assert "(rule " in first
 
 
+@pytest.mark.parametrize("case", sorted(AT_EXEC))
+def test_refused_at_exec_by_the_supervisor(scenario: dict[str, Any], case: str) -> None:
+    done = scenario["at_exec"][case]
+    assert not done["marker"], "the refused program ran"
+    assert b"fake-sudo-ran" not in done["out"]
+    assert done["rc"] != 0, done
+    assert "agentsh: blocked by policy: " in done["err"], done["err"]
+
+
 def test_allowed_command_runs(scenario: dict[str, Any]) -> None:
     assert (scenario["echo"]["rc"], scenario["echo"]["out"]) == (0, b"hi\n")
     assert scenario["echo"]["err"] == ""
@@ -229,7 +256,7 @@ def test_bash_env_disables_builtins(scenario: dict[str, Any]) -> None:
 def test_environment_is_filtered(scenario: dict[str, Any]) -> None:
     out = scenario["secret_env"]["out"].decode().split()
     assert out[:2] == ["unset", "unset"]
-    assert out[2] == "/usr/lib/agentsh/bash_startup.sh"
+    assert out[2] == "unset", "the startup file ran and unset BASH_ENV for nested scripts"
 
 
 def test_scripts_are_prechecked(scenario: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,32 @@ def test_no_environment_variable_proves_governed(h: Any, overlay: Any, var: str)
 
     assert overlay(inside) == h.FAKE_EXIT
     assert len(h.fake.calls()) == 1
+
+
+_GOVERNED_CHILD = """
+import os, sys
+from agentsh.enforce import govern
+from agentsh.enforce.policy import Decision, Verdict
+allow = Verdict(Decision.ALLOW, "test", "")
+govern.start(lambda: (lambda req: allow), lambda: (lambda event: None), first_exec="/usr/bin/bash")
+os.execv("/usr/bin/bash", ["bash", "-c", "echo ran-$((6*7))"])
+"""
+
+
+def test_kernel_marker_sends_nested_shells_to_the_real_one(h: Any, overlay: Any) -> None:
+    """Row 3: inside a governed tree (our filter answers the marker) a forced bash goes
+    straight to bash.real; the outer supervisor governs it. Outside, the frontend runs."""
+
+    def inside() -> tuple[Any, Any]:
+        h.shimmed(h.conf("true"))
+        governed = h.run([sys.executable, "-I", "-c", _GOVERNED_CHILD])
+        plain = h.run(["bash", "-c", "echo ran-$((6*7))"])
+        return governed, plain
+
+    governed, plain = overlay(inside)
+    assert (governed.returncode, governed.stdout) == (0, b"ran-42\n"), governed.stderr
+    assert plain.returncode == h.FAKE_EXIT
+    assert len(h.fake.calls()) == 1, "only the ungoverned bash reached the frontend"
 
 
 def test_loader_variables_do_not_reach_the_frontend(h: Any, overlay: Any) -> None:

@@ -97,9 +97,12 @@ def test_exported_functions_cannot_shield_enable() -> None:
     assert bash("type -t kill enable", env=env).stdout == "file\n"
 
 
-def test_nested_bash_also_loses_them() -> None:
-    done = bash(f"{BASH} -c 'type -t kill; type -t builtin; echo end'")
-    assert done.stdout == "file\nend\n"
+def test_scripts_the_command_runs_keep_their_builtins() -> None:
+    """The lock-down is for the agent's own command line: BASH_ENV is unset, so a nested
+    bash (a pyenv shim, an installer using `command -v`) keeps every builtin; it runs
+    inside the exec-supervised tree."""
+    done = bash(f"type -t kill; echo ${{BASH_ENV-unset}}; {BASH} -c 'type -t kill; command -v ls'")
+    assert done.stdout == "file\nunset\nbuiltin\n/usr/bin/ls\n"
 
 
 @pytest.mark.parametrize("opts", [(), ("-e",), ("-u",), ("-e", "-u"), ("-o", "pipefail")])
@@ -146,7 +149,7 @@ def test_leaves_no_other_trace(env: dict[str, str]) -> None:
 
 
 def test_sourcing_twice_is_harmless() -> None:
-    done = bash('. "$BASH_ENV"; . "$BASH_ENV"; echo ok; type -t kill', "-e")
+    done = bash(f'. "{STARTUP}"; . "{STARTUP}"; echo ok; type -t kill', "-e")
     assert (done.returncode, done.stdout, done.stderr) == (0, "ok\nfile\n", "")
 
 

@@ -113,6 +113,7 @@ ROWS = [
     ("e\\nv sudo id", D, PE),
     # --- nested shells
     ("bash -c 'sudo id'", D, PE),
+    ("bash +n -c 'sudo id'", D, PE),
     ("sh -c 'sudo id'", D, PE),
     ("dash -c 'sudo id'", D, PE),
     ("bash -lc 'sudo id'", D, PE),
@@ -262,6 +263,10 @@ ROWS = [
     ("env PYTHONPATH=src python3 -m pytest", A, DEV),
     ("time make", A, DEV),
     ("bash -c 'ls && echo done'", A, DEV),
+    # noexec: the shell only parses the string (`bash -n` is a syntax check)
+    ("bash -n -c 'sudo id'", A, DEV),
+    ("bash -nc 'sudo id'", A, DEV),
+    ("bash -o noexec -c 'sudo id'", A, DEV),
     ('sh -c "git status"', A, DEV),
     ('f(){ ls -l "$@"; }; f src', A, DEV),
     ("function build { make; }; build", A, DEV),
