@@ -9,8 +9,9 @@ import os
 from collections.abc import Callable
 from typing import NoReturn
 
-from agentsh.enforce import govern, supervisor
+from agentsh.enforce import govern, limits, supervisor
 from agentsh.enforce.errors import InternalError
+from agentsh.enforce.policy import ResourceLimits
 from agentsh.enforce.record import dataclass
 
 
@@ -22,6 +23,7 @@ class Supervision:
     checker_factory: Callable[[], supervisor.Checker]
     sink_factory: Callable[[], supervisor.Sink]
     session: str
+    limits: ResourceLimits | None = None  # the policy's resource_limits for the new tree
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,18 @@ def apply(plan: Plan) -> NoReturn:
       1. stdin re-feed (needs no privileges, touches only fd 0);
       2. fork the exec supervisor, before any restriction: it must stay outside the
          filter (it answers it) and outside Landlock (it writes the audit store);
-      3. [issue 4] Landlock ruleset;
-      4. no_new_privs, the Landlock fence and the seccomp filter — last, so nothing above
+      3. resource limits: join the session's cgroup (the supervisor, forked before, stays
+         outside it) and start the timeout watchdog — before Landlock, which denies
+         writes under /sys/fs/cgroup;
+      4. [issue 4] Landlock ruleset;
+      5. no_new_privs, the Landlock fence and the seccomp filter — last, so nothing above
          is trapped — then the listener hand-off (``govern.Pending.install``);
-      5. execve: this process becomes bash.real (same PID, fds, TTY); that exec is the
+      6. execve: this process becomes bash.real (same PID, fds, TTY); that exec is the
          first one the supervisor answers.
 
     Raises:
-        LayerUnavailable: exec supervision cannot be installed (nothing ran).
+        LayerUnavailable: exec supervision or the resource limits cannot be installed
+            (nothing ran).
         InternalError: the exec itself failed (bash.real missing or not executable).
     """
     if plan.stdin_script is not None:
@@ -77,6 +83,13 @@ def apply(plan: Plan) -> NoReturn:
         pending = govern.spawn(
             s.checker_factory, s.sink_factory, first_exec=plan.path, session=s.session
         )
+        if s.limits is not None:
+            try:
+                limits.apply(s.limits, s.session)
+            except BaseException:
+                if pending is not None:
+                    pending.abandon()  # the supervisor must not wait for a tree never started
+                raise
     if pending is not None:
         pending.install()
     try:

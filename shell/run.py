@@ -297,6 +297,7 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
         checker_factory=lambda: supervise.make_checker(policy),
         sink_factory=lambda: _audit_sink(settings),
         session=session,
+        limits=policy.resource_limits,
     )
 
 

@@ -179,6 +179,7 @@ def _with_seed(seed: Path, project: str) -> dict[str, Any]:
         return {
             "sudo": _run(["/bin/bash", "-c", "sudo whoami"], project),
             "echo": _run(["/bin/bash", "-c", "echo ok"], project),
+            "cgroup": _run(["/bin/bash", "-c", "cat /proc/self/cgroup"], project),
         }
     finally:
         (pol / "default.yaml").unlink()
@@ -310,6 +311,15 @@ def test_seed_policies_govern_the_shell(scenario: dict[str, Any], seed: str) -> 
     assert result["sudo"]["rc"] == 126, result["sudo"]
     assert "(rule " in result["sudo"]["err"]
     assert (result["echo"]["rc"], result["echo"]["out"]) == (0, b"ok\n"), result["echo"]
+
+
+@pytest.mark.parametrize("seed", ["deno", "exe.dev", "render", "sprites"])
+def test_seed_resource_limits_put_the_tree_in_a_cgroup(scenario: dict[str, Any], seed: str) -> None:
+    """Every seed sets resource_limits (pids_max, max_memory_mb): the governed tree runs in
+    agentsh's session cgroup."""
+    done = scenario["seeds"][seed]["cgroup"]
+    assert done["rc"] == 0, done
+    assert b"/agentsh/" in done["out"], done["out"]
 
 
 def test_uninstall_restores_bash_byte_for_byte(scenario: dict[str, Any]) -> None:
