@@ -44,7 +44,6 @@ import os
 import signal
 import socket
 import time
-import traceback
 from collections.abc import Callable
 
 from agentsh.enforce import audit, bpf, seccomp, supervisor
@@ -296,6 +295,8 @@ def _serve(fd: int, checker: supervisor.Checker, sink: supervisor.Sink, launch: 
             verify=launch.verify,
         )
     except Exception as err:  # noqa: BLE001 — the only record of the crash is this event
+        import traceback  # only on this failure path: keep it off every governed start
+
         detail = "".join(traceback.format_exception(err))[-2000:]
         event = audit.Event(
             time.time(),
