@@ -38,6 +38,7 @@ class _Leaf(enum.Enum):
     PATH = "absolute path"
     NAME = "policy name"
     ENV = "mapping of environment variables"
+    CAPS = "list of capability names"
 
 
 _T = _Leaf.TODO
@@ -89,7 +90,7 @@ _SCHEMA: _Schema = {
     },
     "landlock": _todo("enabled", "allow_execute", "allow_read", "allow_write"),
     "security": _todo("mode", "strict"),
-    "capabilities": _todo("allow"),
+    "capabilities": {"allow": _Leaf.CAPS},
     "proxy": _todo("mode", "port", "providers"),
     "dlp": _todo("mode", "patterns", "custom_patterns"),
     "policies": {
@@ -124,6 +125,7 @@ class Config:
     audit_path: Path = DEFAULT_AUDIT_PATH
     env_inject: tuple[tuple[str, str], ...] = ()
     approvals_enabled: bool = False
+    capabilities_allow: tuple[str, ...] | None = None  # None: no capabilities section
     warnings: tuple[str, ...] = ()
     raw: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
@@ -184,6 +186,23 @@ def _policy_name(walk: _Walk) -> str:
     return given[0][2] if given else DEFAULT_POLICY_NAME
 
 
+def _capabilities(walk: _Walk) -> tuple[str, ...] | None:
+    """``capabilities.allow``: the capabilities a governed tree keeps (all others are
+    dropped before exec); None when the config has no such key (nothing is dropped)."""
+    key = "capabilities.allow"
+    if key not in walk.leaves:
+        return None
+    from agentsh.enforce import limits
+
+    node = walk.leaves[key]
+    names = tuple(text for _, text in walk.reader.strings(node, key))
+    try:
+        limits.allowed_capabilities(names)
+    except ValueError as err:
+        walk.reader.fail(node, key, str(err))
+    return names
+
+
 def _raw(text: str) -> Mapping[str, object]:
     data = load_data(text)  # already validated by the walk: a mapping
     return MappingProxyType(data if isinstance(data, dict) else {})
@@ -215,6 +234,7 @@ def loads_config(text: str, path: Path) -> Config:
             )
         ),
         approvals_enabled=_flag(walk, "approvals.enabled", False),
+        capabilities_allow=_capabilities(walk),
         warnings=tuple(walk.warnings),
         raw=_raw(text),
         lines=MappingProxyType(walk.lines),

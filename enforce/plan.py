@@ -24,6 +24,7 @@ class Supervision:
     sink_factory: Callable[[], supervisor.Sink]
     session: str
     limits: ResourceLimits | None = None  # the policy's resource_limits for the new tree
+    capabilities_allow: tuple[str, ...] | None = None  # None: keep capabilities as they are
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def apply(plan: Plan) -> NoReturn:
          filter (it answers it) and outside Landlock (it writes the audit store);
       3. resource limits: join the session's cgroup (the supervisor, forked before, stays
          outside it) and start the timeout watchdog — before Landlock, which denies
-         writes under /sys/fs/cgroup;
+         writes under /sys/fs/cgroup; then the capabilities the config does not allow are
+         dropped from the bounding, inheritable and ambient sets (no_new_privs set);
       4. [issue 4] Landlock ruleset;
       5. no_new_privs, the Landlock fence and the seccomp filter — last, so nothing above
          is trapped — then the listener hand-off (``govern.Pending.install``);
@@ -83,13 +85,15 @@ def apply(plan: Plan) -> NoReturn:
         pending = govern.spawn(
             s.checker_factory, s.sink_factory, first_exec=plan.path, session=s.session
         )
-        if s.limits is not None:
-            try:
+        try:
+            if s.limits is not None:
                 limits.apply(s.limits, s.session)
-            except BaseException:
-                if pending is not None:
-                    pending.abandon()  # the supervisor must not wait for a tree never started
-                raise
+            if s.capabilities_allow is not None:
+                limits.drop_privileges(s.capabilities_allow)
+        except BaseException:
+            if pending is not None:
+                pending.abandon()  # the supervisor must not wait for a tree never started
+            raise
     if pending is not None:
         pending.install()
     try:

@@ -101,6 +101,7 @@ class Snapshot:
     audit_path: str
     env_inject: tuple[tuple[str, str], ...]
     approvals_enabled: bool
+    capabilities_allow: tuple[str, ...] | None
     policy_path: str
     policy_sha256: str
     absent: tuple[str, ...] = ()
@@ -304,6 +305,7 @@ def _build(
         audit_path=str(cfg.audit_path),
         env_inject=cfg.env_inject,
         approvals_enabled=cfg.approvals_enabled,
+        capabilities_allow=cfg.capabilities_allow,
         policy_path=str(path),
         policy_sha256=_digest(data),
         absent=absent or (),

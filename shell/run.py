@@ -39,6 +39,7 @@ class Settings:
     audit_path: Path
     env_inject: tuple[tuple[str, str], ...]  # the config's sandbox.env_inject
     approvals_enabled: bool
+    capabilities_allow: tuple[str, ...] | None = None  # config capabilities.allow
 
 
 # The project root when the shell starts in "/": a path that exists nowhere, so rules on
@@ -100,6 +101,7 @@ def load_settings(
         audit_path=Path(snap.audit_path),
         env_inject=snap.env_inject,
         approvals_enabled=snap.approvals_enabled,
+        capabilities_allow=snap.capabilities_allow,
     )
 
 
@@ -298,6 +300,7 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
         sink_factory=lambda: _audit_sink(settings),
         session=session,
         limits=policy.resource_limits,
+        capabilities_allow=settings.capabilities_allow,
     )
 
 

@@ -116,6 +116,7 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["bad_policy"] = _bad_policy(project)
     r["audit_down"] = _audit_down(project)
     r["redirect"] = _redirect(project)
+    r["caps"] = _capabilities(project)
     r["seeds"] = {
         seed.name: _with_seed(seed, project) for seed in sorted(SEEDS.iterdir()) if seed.is_dir()
     }
@@ -157,6 +158,16 @@ def _redirect(project: str) -> dict[str, Any]:
         return _run(["/bin/bash", "-c", "curl -s http://example.com >&2; echo after"], project)
     finally:
         (pol / "default.yaml").unlink()
+
+
+def _capabilities(project: str) -> dict[str, Any]:
+    """config capabilities.allow: [] (as the exe.dev seed): root in the tree keeps none."""
+    config = Path("/etc/agentsh/config.yaml")
+    config.write_text("capabilities:\n  allow: []\n")
+    try:
+        return _run(["/bin/bash", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status"], project)
+    finally:
+        config.unlink()
 
 
 def _audit_down(project: str) -> dict[str, Any]:
@@ -296,6 +307,12 @@ def test_redirect_rule_rewrites_the_command(scenario: dict[str, Any]) -> None:
     assert done["rc"] == 0, done
     assert done["out"] == b"after\n"
     assert done["err"] == "fetched-by-proxy\n", "redirected, keeping the command's redirections"
+
+
+def test_config_capabilities_are_dropped(scenario: dict[str, Any]) -> None:
+    done = scenario["caps"]
+    assert done["rc"] == 0, done
+    assert done["out"].split() == [b"CapEff:", b"0" * 16, b"CapBnd:", b"0" * 16]
 
 
 def test_unwritable_audit_store_refuses(scenario: dict[str, Any]) -> None:

@@ -77,15 +77,34 @@ def test_seed_configs_load_with_one_warning_per_unimplemented_key(seed: str) -> 
     assert cfg.approvals_enabled is False
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("capabilities:\n  allow: [net_bind_service]\n", ("net_bind_service",)), ("", None)],
+)
+def test_capabilities_allow(tmp_path: Path, text: str, expected: object) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text or "audit:\n  enabled: true\n")
+    assert load_config(path).capabilities_allow == expected
+
+
+@pytest.mark.parametrize("name", ["cap_sys_admin", "cap_bogus"])
+def test_capabilities_allow_refuses_escapes_and_unknown_names(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"# caps\ncapabilities:\n  allow:\n    - {name}\n")
+    with pytest.raises(PolicyError, match=r"config.yaml:4: capabilities.allow"):
+        load_config(path)
+
+
 def test_exe_dev_warning_count_is_exact() -> None:
     # Counted by hand from exe.dev/config.yaml: server 6, auth 1, logging 3, sessions 5,
     # sandbox 25 (enabled, allow_degraded, limits 3, fuse 5, network 3, cgroups 1,
-    # seccomp 4, ptrace 6, unix_sockets 1), landlock 4, security 2, capabilities 1,
+    # seccomp 4, ptrace 6, unix_sockets 1), landlock 4, security 2,
     # proxy 3, dlp 3, approvals 2 (mode, timeout), metrics 2, health 2, development 2.
     # Not warned: audit.enabled, audit.storage.sqlite_path, policies.dir,
-    # policies.default_policy, approvals.enabled.
+    # policies.default_policy, approvals.enabled, capabilities.allow.
     cfg = load_config(SEEDS / "exe.dev" / "config.yaml")
-    assert len(cfg.warnings) == 61
+    assert len(cfg.warnings) == 60
+    assert cfg.capabilities_allow == ()
     named = {WARNING.match(w)["key"] for w in cfg.warnings}  # type: ignore[index]
     assert {
         "sandbox.fuse.enabled",
