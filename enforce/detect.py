@@ -504,6 +504,24 @@ class Domain:
     def score(self) -> int:
         return self.weight if self.covered else 0
 
+    @property
+    def enforced(self) -> bool:
+        """The active backend is one this version of agentsh actually applies."""
+        return self.covered and self.active in ENFORCED_BACKENDS
+
+    @property
+    def enforced_score(self) -> int:
+        return self.weight if self.enforced else 0
+
+
+# What this version applies to a governed tree (the score above measures what the kernel
+# allows). Landlock and the file monitor are built but not yet applied by the frontend;
+# the network layer is not built. Reported so that nobody reads kernel readiness as
+# protection.
+ENFORCED_BACKENDS = frozenset(
+    {"seccomp-notify", "cgroups-v2", "cgroups-v1", "capability-drop+no-new-privs"}
+)
+
 
 @dataclass(frozen=True)
 class Tip:
@@ -528,6 +546,10 @@ class Report:
     @property
     def score(self) -> int:
         return sum(d.score for d in self.domains)
+
+    @property
+    def enforced_score(self) -> int:
+        return sum(d.enforced_score for d in self.domains)
 
 
 _DESCRIPTION = {

@@ -83,9 +83,10 @@ def to_json(r: Report) -> dict[str, object]:
         "security_mode": r.security_mode,
         "mode_reason": r.mode_reason,
         "protection_score": r.score,
+        "enforced_score": r.enforced_score,
         "domains": [
             {"name": d.name, "weight": d.weight, "score": d.score, "active": d.active,
-             "backends": [vars(b) for b in d.backends]}
+             "enforced": d.enforced, "backends": [vars(b) for b in d.backends]}
             for d in r.domains
         ],
         "capabilities": {
@@ -119,12 +120,14 @@ def table(r: Report) -> str:
         f"Platform:          {r.platform}",
         f"Security mode:     {r.security_mode}",
         f"                   {r.mode_reason}",
-        f"Protection score:  {r.score}/100",
+        f"Protection score:  {r.score}/100 (what this kernel allows)",
+        f"Enforced now:      {r.enforced_score}/100 (what this version of agentsh applies)",
     ]
     if r.simulated:
         out.append(f"Simulated missing: {', '.join(r.simulated)} (not probed)")
     for d in r.domains:
-        out += ["", f"{d.name.upper():<24} {d.score:>2}/{d.weight:<3} using {d.active}"]
+        note = "" if d.enforced or not d.covered else "  (kernel ready; not applied yet)"
+        out += ["", f"{d.name.upper():<24} {d.score:>2}/{d.weight:<3} using {d.active}{note}"]
         for b in d.backends:
             mark = "yes" if b.available else "no "
             out.append(f"  [{mark}] {b.name:<20} {b.description}")

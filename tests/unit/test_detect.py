@@ -359,3 +359,16 @@ def test_optional_limits_without_cgroups_run_unlimited(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(limits.os, "fork", no_fork)
     limits.apply(ResourceLimits(pids_max=5), "s3", required=False)
+
+
+def test_enforced_score_counts_only_layers_this_version_applies() -> None:
+    """Kernel readiness is not protection: network and file layers are not applied yet."""
+    report = detect.assess(_host())
+    by_name = {d.name: d for d in report.domains}
+    assert report.score == 100
+    assert by_name["Command Control"].enforced
+    assert not by_name["Network"].enforced
+    assert not by_name["File Protection"].enforced
+    assert report.enforced_score == 100 - 25 - 20
+    assert detect_cli.to_json(report)["enforced_score"] == report.enforced_score
+    assert "Enforced now:      55/100" in detect_cli.table(report)
