@@ -79,7 +79,8 @@ _SCHEMA: _Schema = {
             "file_monitor": _todo("enabled", "enforce_without_fuse"),
         },
         "ptrace": {
-            **_todo("enabled", "attach_mode", "mask_tracer_pid", "on_attach_failure"),
+            "enabled": _Leaf.BOOL,
+            **_todo("attach_mode", "mask_tracer_pid", "on_attach_failure"),
             "trace": _todo("execve", "file", "network", "signal"),
             "performance": _todo("seccomp_prefilter", "max_tracees", "max_hold_ms"),
         },
@@ -126,6 +127,7 @@ class Config:
     env_inject: tuple[tuple[str, str], ...] = ()
     approvals_enabled: bool = False
     capabilities_allow: tuple[str, ...] | None = None  # None: no capabilities section
+    ptrace_enabled: bool = False  # sandbox.ptrace.enabled: supervise execs with ptrace
     warnings: tuple[str, ...] = ()
     raw: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
@@ -235,6 +237,7 @@ def loads_config(text: str, path: Path) -> Config:
         ),
         approvals_enabled=_flag(walk, "approvals.enabled", False),
         capabilities_allow=_capabilities(walk),
+        ptrace_enabled=_flag(walk, "sandbox.ptrace.enabled", False),
         warnings=tuple(walk.warnings),
         raw=_raw(text),
         lines=MappingProxyType(walk.lines),

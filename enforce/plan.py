@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import NoReturn
 
-from agentsh.enforce import govern, limits, supervisor
+from agentsh.enforce import govern, limits, ptrace, supervisor
 from agentsh.enforce.errors import InternalError
 from agentsh.enforce.policy import ResourceLimits
 from agentsh.enforce.record import dataclass
@@ -25,6 +25,7 @@ class Supervision:
     session: str
     limits: ResourceLimits | None = None  # the policy's resource_limits for the new tree
     capabilities_allow: tuple[str, ...] | None = None  # None: keep capabilities as they are
+    backend: str = "notify"  # "notify" (seccomp user-notify) or "ptrace"
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,11 @@ def apply(plan: Plan) -> NoReturn:
     """
     if plan.stdin_script is not None:
         _refeed_stdin(plan.stdin_script)
-    pending = None
+    pending: govern.Pending | ptrace.TracedPending | None = None
     if plan.supervision is not None:
         s = plan.supervision
-        pending = govern.spawn(
-            s.checker_factory, s.sink_factory, first_exec=plan.path, session=s.session
-        )
+        spawn = ptrace.spawn_traced if s.backend == "ptrace" else govern.spawn
+        pending = spawn(s.checker_factory, s.sink_factory, first_exec=plan.path, session=s.session)
         try:
             if s.limits is not None:
                 limits.apply(s.limits, s.session)

@@ -102,6 +102,7 @@ class Snapshot:
     env_inject: tuple[tuple[str, str], ...]
     approvals_enabled: bool
     capabilities_allow: tuple[str, ...] | None
+    ptrace_enabled: bool
     policy_path: str
     policy_sha256: str
     absent: tuple[str, ...] = ()
@@ -306,6 +307,7 @@ def _build(
         env_inject=cfg.env_inject,
         approvals_enabled=cfg.approvals_enabled,
         capabilities_allow=cfg.capabilities_allow,
+        ptrace_enabled=cfg.ptrace_enabled,
         policy_path=str(path),
         policy_sha256=_digest(data),
         absent=absent or (),

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 # Not enforce.config / enforce.loader: they import the YAML stack, which only a settings
 # cache miss needs (enforce.snapshot imports them then).
-from agentsh.enforce import audit, engine, envfilter, govern, plan, snapshot
+from agentsh.enforce import audit, engine, envfilter, govern, plan, seccomp, snapshot
 from agentsh.enforce.errors import Blocked, InternalError
 from agentsh.enforce.policy import Decision, Policy, Verdict
 from agentsh.enforce.record import dataclass, replace
@@ -40,6 +40,7 @@ class Settings:
     env_inject: tuple[tuple[str, str], ...]  # the config's sandbox.env_inject
     approvals_enabled: bool
     capabilities_allow: tuple[str, ...] | None = None  # config capabilities.allow
+    ptrace_enabled: bool = False  # config sandbox.ptrace.enabled
 
 
 # The project root when the shell starts in "/": a path that exists nowhere, so rules on
@@ -102,6 +103,7 @@ def load_settings(
         env_inject=snap.env_inject,
         approvals_enabled=snap.approvals_enabled,
         capabilities_allow=snap.capabilities_allow,
+        ptrace_enabled=snap.ptrace_enabled,
     )
 
 
@@ -301,7 +303,16 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
         session=session,
         limits=policy.resource_limits,
         capabilities_allow=settings.capabilities_allow,
+        backend=backend(settings),
     )
+
+
+def backend(settings: Settings) -> str:
+    """ptrace when the config asks for it or the kernel has no usable user-notify (then
+    ``ptrace.spawn_traced`` refuses loudly if ptrace is unavailable too)."""
+    if settings.ptrace_enabled or not seccomp.probe().usable:
+        return "ptrace"
+    return "notify"
 
 
 def _audit_sink(settings: Settings) -> Callable[[audit.Event], None]:

@@ -117,6 +117,7 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["audit_down"] = _audit_down(project)
     r["redirect"] = _redirect(project)
     r["caps"] = _capabilities(project)
+    r["ptrace"] = _ptrace_backend(project, marker)
     r["seeds"] = {
         seed.name: _with_seed(seed, project) for seed in sorted(SEEDS.iterdir()) if seed.is_dir()
     }
@@ -158,6 +159,20 @@ def _redirect(project: str) -> dict[str, Any]:
         return _run(["/bin/bash", "-c", "curl -s http://example.com >&2; echo after"], project)
     finally:
         (pol / "default.yaml").unlink()
+
+
+def _ptrace_backend(project: str, marker: Path) -> dict[str, Any]:
+    """sandbox.ptrace.enabled: the same governance through the ptrace backend."""
+    config = Path("/etc/agentsh/config.yaml")
+    config.write_text("sandbox:\n  ptrace:\n    enabled: true\n")
+    try:
+        line = "grep TracerPid /proc/self/status; x=sudo; $x id"
+        done = _run(["/bin/bash", "-c", line], project)
+        done["marker"] = marker.exists()
+        return done
+    finally:
+        config.unlink()
+        marker.unlink(missing_ok=True)
 
 
 def _capabilities(project: str) -> dict[str, Any]:
@@ -307,6 +322,15 @@ def test_redirect_rule_rewrites_the_command(scenario: dict[str, Any]) -> None:
     assert done["rc"] == 0, done
     assert done["out"] == b"after\n"
     assert done["err"] == "fetched-by-proxy\n", "redirected, keeping the command's redirections"
+
+
+def test_ptrace_backend_from_config(scenario: dict[str, Any]) -> None:
+    done = scenario["ptrace"]
+    tracer = done["out"].split()[1]
+    assert tracer != b"0", "the governed process is traced"
+    assert not done["marker"], "the refused program ran"
+    assert done["rc"] != 0
+    assert "agentsh: blocked by policy: " in done["err"], done["err"]
 
 
 def test_config_capabilities_are_dropped(scenario: dict[str, Any]) -> None:

@@ -101,14 +101,15 @@ def test_exe_dev_warning_count_is_exact() -> None:
     # seccomp 4, ptrace 6, unix_sockets 1), landlock 4, security 2,
     # proxy 3, dlp 3, approvals 2 (mode, timeout), metrics 2, health 2, development 2.
     # Not warned: audit.enabled, audit.storage.sqlite_path, policies.dir,
-    # policies.default_policy, approvals.enabled, capabilities.allow.
+    # policies.default_policy, approvals.enabled, capabilities.allow, sandbox.ptrace.enabled.
     cfg = load_config(SEEDS / "exe.dev" / "config.yaml")
-    assert len(cfg.warnings) == 60
+    assert len(cfg.warnings) == 59
+    assert cfg.ptrace_enabled
     assert cfg.capabilities_allow == ()
     named = {WARNING.match(w)["key"] for w in cfg.warnings}  # type: ignore[index]
     assert {
         "sandbox.fuse.enabled",
-        "sandbox.ptrace.trace.execve",
+        "sandbox.ptrace.trace.execve",  # only the whole switch is implemented
         "landlock.allow_write",
         "dlp.custom_patterns",
         "proxy.providers",
