@@ -120,7 +120,10 @@ def open_target(tid: int, call: ExecArgs, *, follow: bool = True, same: bool | N
             finally:
                 os.close(start)
         except OSError as err:
-            if err.errno != errno.ELOOP:  # ELOOP: a loop, or a magic link such as /proc/self/fd/3
+            # ELOOP: a loop, or a magic link such as /proc/self/fd/3. ENOENT: possibly a
+            # path through /proc/self or /dev/fd, which here named *our* process (whose fd
+            # N may not exist): resolve it again in the tracee's context.
+            if err.errno not in (errno.ELOOP, errno.ENOENT):
                 raise
     return _walk(tid, call, follow)
 

@@ -461,6 +461,9 @@ def test_fakes_do_run_outside_supervision(kit: Kit, tmp_path: Path) -> None:
         ("env FOO=1 sh -c 'echo $FOO' && xargs echo <<< ok", "1\nok"),
         ("sleep 5 & kill $!; wait $!; echo status=$?", "status=143"),
         ("cat <(echo from-procsub)", "from-procsub"),
+        # an allowed program through a descriptor (resolved in the tracee, not the supervisor)
+        ("exec 7</usr/bin/echo; /dev/fd/7 via-dev-fd", "via-dev-fd"),
+        ("exec 8</usr/bin/echo; /proc/self/fd/8 via-proc-fd", "via-proc-fd"),
     ],
 )
 def test_allowed_work_still_works(gov: Governed, script: str, expected: str) -> None:
