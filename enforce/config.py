@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -297,33 +296,14 @@ def locate_policy(config: Config, override: Path | None = None) -> Path | None:
     raise PolicyError(str(config.path), config.lines.get(key), key, why)
 
 
-def _check_owner(path: Path, what: str) -> os.stat_result:
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise PolicyError(str(path), None, what, f"cannot be checked: {err.strerror}") from None
-    if st.st_uid != 0:
-        raise PolicyError(str(path), None, what, f"must be owned by root, not uid {st.st_uid}")
-    return st
-
-
 def require_root_owned(path: Path) -> None:
-    """Refuse a file that is not root-owned or is group/world-writable — and likewise
-    its directory (unless sticky), since whoever can write the directory can swap the
-    file. Symlinks are followed; the link's own directory is checked too.
+    """Refuse a file that is not root-owned or is group/world-writable, and likewise its
+    directory (unless sticky). One implementation, in :mod:`agentsh.enforce.snapshot`,
+    which must not import this module's YAML stack on a cache hit.
 
     Raises:
         PolicyError: the file or a directory fails the check, or cannot be stat(2)ed.
     """
-    st = _check_owner(path, "owner")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        mode = stat.S_IMODE(st.st_mode)
-        why = f"is group- or world-writable (mode {mode:04o}); run chmod go-w"
-        raise PolicyError(str(path), None, "permissions", why)
-    for directory in {Path(os.path.realpath(path)).parent, path.absolute().parent}:
-        dst = _check_owner(directory, "directory owner")
-        writable = dst.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if writable and not dst.st_mode & stat.S_ISVTX:
-            mode = stat.S_IMODE(dst.st_mode)
-            why = f"directory {directory} is group- or world-writable (mode {mode:04o})"
-            raise PolicyError(str(path), None, "permissions", why)
+    from agentsh.enforce import snapshot
+
+    snapshot.require_root_owned(path)
