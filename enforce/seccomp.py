@@ -99,10 +99,10 @@ def action_available(action: int) -> bool:
     value = ctypes.c_uint32(action)
     try:
         syscall(NR_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.c_void_p(ctypes.addressof(value)))
-    except OSError as err:
-        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            return False
-        raise
+    except OSError:
+        # EOPNOTSUPP/EINVAL: unknown action; ENOSYS/EPERM/EACCES: seccomp(2) itself is
+        # refused here (an outer filter, a container profile). Either way not usable.
+        return False
     return True
 
 

@@ -1,6 +1,7 @@
 """A layer the frontend needs is missing: it refuses loudly (exit 126 naming the layer),
-never an empty, successful-looking run. The kernel itself takes user-notify away: a
-seccomp filter that fails seccomp(2) with EPERM, under which no listener can be made."""
+never an empty, successful-looking run. The kernel itself takes exec supervision away: a
+seccomp filter that fails seccomp(2) with EPERM, under which neither a user-notify
+listener nor the ptrace backend's prefilter can be installed."""
 
 from __future__ import annotations
 
@@ -51,4 +52,4 @@ def test_without_user_notify_the_frontend_refuses(tmp_path: Path) -> None:
     assert done.stdout == b"", "nothing may run"
     err = done.stderr.decode()
     assert err.startswith("agentsh: "), err
-    assert "supervision unavailable" in err
+    assert "exec supervision" in err, "the message names the missing layer"
