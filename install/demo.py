@@ -29,7 +29,11 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("echo hi | xargs sudo true", "...behind xargs"),
     ("s'u'do id", "...and when quoted to hide it"),
     ("bash -c \"sh -c 'ssh example.com'\"", "nested shells are opened and checked"),
-    ("x=sudo; $x id", "dynamic command names are refused until exec supervision"),
+    ("x=sudo; $x id", "a command name known only at run time: the exec supervisor refuses it"),
+    (
+        "python3 -c \"import os; os.system('sudo id')\"",
+        "a program started by an allowed interpreter is checked too",
+    ),
     ("echo ${AWS_SECRET_ACCESS_KEY:-filtered}", "secrets never reach the command"),
 )
 
@@ -48,15 +52,24 @@ def _run(argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
 
 def _show(line: str, why: str, cwd: str) -> None:
     done = _run(["/bin/bash", "-c", line], cwd)
-    verdict = "REFUSED" if done.returncode == 126 else f"ran (exit {done.returncode})"
+    refused = done.returncode == 126 or "agentsh: blocked by policy" in done.stderr
+    verdict = "REFUSED" if refused else f"ran (exit {done.returncode})"
     print(f"\n$ bash -c {line!r}\n  # {why}\n  -> {verdict}")
     for text in (done.stdout, done.stderr):
         for out in text.strip().splitlines()[:2]:
             print(f"     {out}")
 
 
+# A stand-in for sudo inside the overlay root (the machine has none): if governance
+# failed, it would print this line.
+FAKE_SUDO = "#!/bin/sh\necho 'stand-in sudo RAN: governance failed'\n"
+
+
 def _inside(project: str) -> None:
     print(f"host /usr/bin/bash sha256 {_sha('/usr/bin/bash')} (inside the overlay root)")
+    sudo = Path("/usr/bin/sudo")
+    sudo.write_text(FAKE_SUDO)
+    sudo.chmod(0o755)
     step = _run([AGENTSH, "shim", "install-shell", "--force", "--bash-only", HOST_OK], project)
     print(step.stdout.strip() or step.stderr.strip())
     if step.returncode != 0:
