@@ -56,6 +56,29 @@ def _refeed_stdin(data: bytes) -> None:
         os.close(fd)
 
 
+def govern_tree(s: Supervision, *, first_exec: str) -> None:
+    """Steps 2–5 of :func:`apply` for this process and everything it will start; the
+    caller's next exec must be ``first_exec``. Also used by the REPL, which starts bash
+    as a child instead of becoming it.
+
+    Raises:
+        LayerUnavailable: supervision, limits or capabilities cannot be applied.
+    """
+    spawn = ptrace.spawn_traced if s.backend == "ptrace" else govern.spawn
+    pending = spawn(s.checker_factory, s.sink_factory, first_exec=first_exec, session=s.session)
+    try:
+        if s.limits is not None:
+            limits.apply(s.limits, s.session)
+        if s.capabilities_allow is not None:
+            limits.drop_privileges(s.capabilities_allow)
+    except BaseException:
+        if pending is not None:
+            pending.abandon()  # the supervisor must not wait for a tree never started
+        raise
+    if pending is not None:
+        pending.install()
+
+
 def apply(plan: Plan) -> NoReturn:
     """Apply the plan to this process and exec. Never returns.
 
@@ -80,22 +103,8 @@ def apply(plan: Plan) -> NoReturn:
     """
     if plan.stdin_script is not None:
         _refeed_stdin(plan.stdin_script)
-    pending: govern.Pending | ptrace.TracedPending | None = None
     if plan.supervision is not None:
-        s = plan.supervision
-        spawn = ptrace.spawn_traced if s.backend == "ptrace" else govern.spawn
-        pending = spawn(s.checker_factory, s.sink_factory, first_exec=plan.path, session=s.session)
-        try:
-            if s.limits is not None:
-                limits.apply(s.limits, s.session)
-            if s.capabilities_allow is not None:
-                limits.drop_privileges(s.capabilities_allow)
-        except BaseException:
-            if pending is not None:
-                pending.abandon()  # the supervisor must not wait for a tree never started
-            raise
-    if pending is not None:
-        pending.install()
+        govern_tree(plan.supervision, first_exec=plan.path)
     try:
         os.execve(plan.path, list(plan.argv), plan.env)
     except OSError as err:

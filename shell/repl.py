@@ -21,7 +21,7 @@ from typing import NoReturn
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import InMemoryHistory
 
-from agentsh.enforce import govern
+from agentsh.enforce import plan
 from agentsh.enforce.errors import Blocked
 from agentsh.enforce.policy import Decision
 from agentsh.enforce.record import replace
@@ -134,7 +134,10 @@ def serve(inv: Invocation, real: str) -> NoReturn:
     # governed; this prompt itself never execs anything but bash and `bash -n`.
     watch = run.supervision(settings, sid)
     if watch is not None:
-        govern.start(watch.checker_factory, watch.sink_factory, first_exec=real, session=sid)
+        if watch.limits is not None:
+            # command_timeout is per command: here it would end the whole session.
+            watch = replace(watch, limits=replace(watch.limits, command_timeout_s=None))
+        plan.govern_tree(watch, first_exec=real)
     bash = _Bash(
         real, inv.argv0.lstrip("-") or "bash", run.filter_environment(settings, os.environ).env
     )
