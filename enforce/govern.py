@@ -178,18 +178,8 @@ def spawn(
         return None
     seccomp.check_layout()
     prog = bpf.build(filter_spec(hardening))
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    frontend = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the intermediate child
-        ours.close()
-        launch = _Launch(checker_factory, sink_factory, frontend, first_exec, session, verify)
-        _spawn_supervisor(theirs, launch)
-    theirs.close()
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        ours.close()
-        raise InternalError(f"could not fork the exec supervisor (status {status})")
+    launch = _Launch(checker_factory, sink_factory, os.getpid(), first_exec, session, verify)
+    ours = fork_service(launch, _spawn_supervisor, "exec supervisor")
     return Pending(ours, prog)
 
 
@@ -252,12 +242,36 @@ def _install(prog: bytes) -> int:
 
 @dataclass(frozen=True)
 class _Launch:
+    """What the forked service (supervisor or tracer) needs: factories run over there."""
+
     checker_factory: Callable[[], supervisor.Checker]
     sink_factory: Callable[[], supervisor.Sink]
     frontend: int
     first_exec: str
     session: str
     verify: bool
+
+
+def fork_service(
+    launch: _Launch, body: Callable[[socket.socket, _Launch], None], what: str
+) -> socket.socket:
+    """Fork ``body`` (which double-forks the supervisor or the tracer and exits) before
+    this process is restricted in any way; returns our end of the socketpair.
+
+    Raises:
+        InternalError: the fork failed.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the intermediate child
+        ours.close()
+        body(theirs, launch)
+    theirs.close()
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        ours.close()
+        raise InternalError(f"could not fork the {what} (status {status})")
+    return ours
 
 
 def _spawn_supervisor(sock: socket.socket, launch: _Launch) -> None:  # pragma: no cover

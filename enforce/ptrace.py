@@ -73,7 +73,7 @@ from typing import Final, NoReturn
 
 from agentsh.enforce import audit, boundary, bpf, govern, limits, seccomp, supervisor, tracee
 from agentsh.enforce.bpf import ArgRule, Errno, FilterSpec
-from agentsh.enforce.errors import InternalError, LayerUnavailable
+from agentsh.enforce.errors import LayerUnavailable
 from agentsh.enforce.govern import Hardening
 from agentsh.enforce.record import dataclass, replace
 
@@ -519,18 +519,8 @@ def spawn_traced(
     if not seccomp.action_available(bpf.RET_TRACE):
         raise LayerUnavailable("exec supervision (ptrace): the kernel has no SECCOMP_RET_TRACE")
     prog = bpf.build(filter_spec(hardening))
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    frontend = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the intermediate child
-        ours.close()
-        launch = Launch(checker_factory, sink_factory, frontend, first_exec, session, verify)
-        _spawn_tracer(theirs, launch)
-    theirs.close()
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        ours.close()
-        raise InternalError(f"could not fork the ptrace supervisor (status {status})")
+    launch = Launch(checker_factory, sink_factory, os.getpid(), first_exec, session, verify)
+    ours = govern.fork_service(launch, _spawn_tracer, "ptrace supervisor")
     return TracedPending(ours, prog)
 
 
