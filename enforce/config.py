@@ -48,6 +48,13 @@ def _todo(*keys: str) -> dict[str, _Schema | _Leaf]:
     return dict.fromkeys(keys, _T)
 
 
+# sandbox.seccomp.hardening.<group>: the syscall groups the exec filter refuses besides
+# exec (agentsh.enforce.govern.Hardening's fields; a test keeps the two lists equal).
+HARDENING_GROUPS = (
+    "signals", "ptrace", "mount", "kernel", "bpf", "userfaultfd", "io_uring",
+    "process_vm_writev", "open_by_handle", "tty_injection", "personality",
+)  # fmt: skip
+
 # Every key of the four seed configs (and a few close relatives of the Go agentsh).
 # A mapping is a section; a leaf is read as a whole (lists and free-form maps included).
 _SCHEMA: _Schema = {
@@ -74,6 +81,7 @@ _SCHEMA: _Schema = {
         "unix_sockets": _todo("enabled"),
         "seccomp": {
             **_todo("enabled", "mode"),
+            "hardening": dict.fromkeys(HARDENING_GROUPS, _Leaf.BOOL),
             "execve": _todo("enabled"),
             "file_monitor": _todo("enabled", "enforce_without_fuse"),
         },
@@ -127,6 +135,7 @@ class Config:
     approvals_enabled: bool = False
     capabilities_allow: tuple[str, ...] | None = None  # None: no capabilities section
     ptrace_enabled: bool = False  # sandbox.ptrace.enabled: supervise execs with ptrace
+    hardening: tuple[tuple[str, bool], ...] = ()  # sandbox.seccomp.hardening overrides
     warnings: tuple[str, ...] = ()
     raw: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
@@ -237,6 +246,11 @@ def loads_config(text: str, path: Path) -> Config:
         approvals_enabled=_flag(walk, "approvals.enabled", False),
         capabilities_allow=_capabilities(walk),
         ptrace_enabled=_flag(walk, "sandbox.ptrace.enabled", False),
+        hardening=tuple(
+            (g, _flag(walk, f"sandbox.seccomp.hardening.{g}", True))
+            for g in HARDENING_GROUPS
+            if f"sandbox.seccomp.hardening.{g}" in walk.leaves
+        ),
         warnings=tuple(walk.warnings),
         raw=_raw(text),
         lines=MappingProxyType(walk.lines),

@@ -26,6 +26,7 @@ class Supervision:
     limits: ResourceLimits | None = None  # the policy's resource_limits for the new tree
     capabilities_allow: tuple[str, ...] | None = None  # None: keep capabilities as they are
     backend: str = "notify"  # "notify" (seccomp user-notify) or "ptrace"
+    hardening: govern.Hardening = govern.Hardening()  # syscall groups refused besides exec
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,13 @@ def govern_tree(s: Supervision, *, first_exec: str) -> None:
         LayerUnavailable: supervision, limits or capabilities cannot be applied.
     """
     spawn = ptrace.spawn_traced if s.backend == "ptrace" else govern.spawn
-    pending = spawn(s.checker_factory, s.sink_factory, first_exec=first_exec, session=s.session)
+    pending = spawn(
+        s.checker_factory,
+        s.sink_factory,
+        first_exec=first_exec,
+        session=s.session,
+        hardening=s.hardening,
+    )
     try:
         if s.limits is not None:
             limits.apply(s.limits, s.session)

@@ -103,6 +103,7 @@ class Snapshot:
     approvals_enabled: bool
     capabilities_allow: tuple[str, ...] | None
     ptrace_enabled: bool
+    hardening: tuple[tuple[str, bool], ...]
     policy_path: str
     policy_sha256: str
     absent: tuple[str, ...] = ()
@@ -308,6 +309,7 @@ def _build(
         approvals_enabled=cfg.approvals_enabled,
         capabilities_allow=cfg.capabilities_allow,
         ptrace_enabled=cfg.ptrace_enabled,
+        hardening=cfg.hardening,
         policy_path=str(path),
         policy_sha256=_digest(data),
         absent=absent or (),

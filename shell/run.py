@@ -41,6 +41,7 @@ class Settings:
     approvals_enabled: bool
     capabilities_allow: tuple[str, ...] | None = None  # config capabilities.allow
     ptrace_enabled: bool = False  # config sandbox.ptrace.enabled
+    hardening: tuple[tuple[str, bool], ...] = ()  # config sandbox.seccomp.hardening
 
 
 # The project root when the shell starts in "/": a path that exists nowhere, so rules on
@@ -104,6 +105,7 @@ def load_settings(
         approvals_enabled=snap.approvals_enabled,
         capabilities_allow=snap.capabilities_allow,
         ptrace_enabled=snap.ptrace_enabled,
+        hardening=snap.hardening,
     )
 
 
@@ -304,6 +306,7 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
         limits=policy.resource_limits,
         capabilities_allow=settings.capabilities_allow,
         backend=backend(settings),
+        hardening=govern.Hardening(**dict(settings.hardening)),
     )
 
 

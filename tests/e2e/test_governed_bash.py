@@ -118,6 +118,10 @@ def _scenario(project: str, payload: bytes) -> dict[str, Any]:
     r["redirect"] = _redirect(project)
     r["caps"] = _capabilities(project)
     r["ptrace"] = _ptrace_backend(project, marker)
+    r["persona_on"] = _persona_probe(project, None)
+    r["persona_off"] = _persona_probe(
+        project, "sandbox:\n  seccomp:\n    hardening:\n      personality: false\n"
+    )
     r["seeds"] = {
         seed.name: _with_seed(seed, project) for seed in sorted(SEEDS.iterdir()) if seed.is_dir()
     }
@@ -159,6 +163,29 @@ def _redirect(project: str) -> dict[str, Any]:
         return _run(["/bin/bash", "-c", "curl -s http://example.com >&2; echo after"], project)
     finally:
         (pol / "default.yaml").unlink()
+
+
+# personality(ADDR_NO_RANDOMIZE) changes only the calling process; the filter refuses it.
+# (mount is not used here: the supervisor's Landlock fence refuses mount(2) on its own.)
+PERSONA_PROBE = (
+    "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+    "r = libc.personality(0x0040000); "
+    "print('changed' if r >= 0 else os.strerror(ctypes.get_errno()))"
+)
+
+
+def _persona_probe(project: str, config_text: str | None) -> dict[str, Any]:
+    """personality(2) from the governed tree, with the hardening default or a switch."""
+    config = Path("/etc/agentsh/config.yaml")
+    if config_text is not None:
+        config.write_text(config_text)
+    try:
+        return _run(
+            ["/bin/bash", "-c", f'python3 -c "{PERSONA_PROBE}"'],
+            project,
+        )
+    finally:
+        config.unlink(missing_ok=True)
 
 
 def _ptrace_backend(project: str, marker: Path) -> dict[str, Any]:
@@ -322,6 +349,11 @@ def test_redirect_rule_rewrites_the_command(scenario: dict[str, Any]) -> None:
     assert done["rc"] == 0, done
     assert done["out"] == b"after\n"
     assert done["err"] == "fetched-by-proxy\n", "redirected, keeping the command's redirections"
+
+
+def test_hardening_group_and_its_config_switch(scenario: dict[str, Any]) -> None:
+    assert scenario["persona_on"]["out"] == b"Operation not permitted\n", scenario["persona_on"]
+    assert scenario["persona_off"]["out"] == b"changed\n", scenario["persona_off"]
 
 
 def test_ptrace_backend_from_config(scenario: dict[str, Any]) -> None:

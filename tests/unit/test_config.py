@@ -95,6 +95,25 @@ def test_capabilities_allow_refuses_escapes_and_unknown_names(tmp_path: Path, na
         load_config(path)
 
 
+def test_hardening_groups_are_the_filter_switches() -> None:
+    from agentsh.enforce import config, govern
+    from agentsh.enforce.record import fields
+
+    assert tuple(f.name for f in fields(govern.Hardening)) == config.HARDENING_GROUPS
+
+
+def test_hardening_switches(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("sandbox:\n  seccomp:\n    hardening:\n      mount: false\n      bpf: true\n")
+    assert load_config(path).hardening == (("mount", False), ("bpf", True))
+    path.write_text("sandbox:\n  seccomp:\n    hardening:\n      mount: sometimes\n")
+    with pytest.raises(PolicyError, match=r"config.yaml:4: sandbox.seccomp.hardening.mount"):
+        load_config(path)
+    path.write_text("sandbox:\n  seccomp:\n    hardening:\n      mnt: false\n")
+    with pytest.raises(PolicyError, match="mnt"):
+        load_config(path)
+
+
 def test_exe_dev_warning_count_is_exact() -> None:
     # Counted by hand from exe.dev/config.yaml: server 6, auth 1, logging 3, sessions 5,
     # sandbox 25 (enabled, allow_degraded, limits 3, fuse 5, network 3, cgroups 1,
