@@ -357,14 +357,17 @@ def governed_exec(
     config_path: Path | None = None,
     policy_path: Path | None = None,
 ) -> NoReturn:
-    """``agentsh exec``: precheck one argv (wrappers unwrapped), audit, run it in place.
+    """``agentsh exec``: precheck one argv (wrappers unwrapped), audit, run it in place
+    under exec supervision, like a governed bash: what it starts is checked too.
 
     Raises:
-        PolicyError, Blocked, AuditUnavailable, InternalError: refused; nothing ran.
+        PolicyError, Blocked, AuditUnavailable, LayerUnavailable, InternalError: refused;
+            nothing ran.
     """
     settings = load_settings(root, config_path=config_path, policy_path=policy_path)
     text = shlex.join(command)
-    checks, env = judge(settings, text, session=session or new_session(), layer="exec")
+    sid = session or new_session()
+    checks, env = judge(settings, text, session=sid, layer="exec", supervised=True)
     if any(c.verdict.decision is Decision.REDIRECT for c in checks):
         raise Blocked(
             f"redirect rules apply to shell command lines: {text}",
@@ -375,4 +378,4 @@ def governed_exec(
     path = shutil.which(command[0], path=env.get("PATH", os.defpath))
     if path is None:
         raise InternalError(f"{command[0]}: command not found")
-    plan.apply(plan.Plan(path, tuple(command), env))
+    plan.apply(plan.Plan(path, tuple(command), env, supervision=supervision(settings, sid)))

@@ -212,3 +212,16 @@ def test_exec_refuses_and_audits(tmp_path: Path) -> None:
     events = store.query(decision="deny")
     store.close()
     assert [e.session for e in events] == ["demo"]
+
+
+def test_exec_supervises_what_the_command_starts(tmp_path: Path) -> None:
+    """The command is allowed; the sudo it starts at run time is refused by the supervisor."""
+    done = _exec(tmp_path, "python3", "-c", "import os; print(os.system('sudo id') != 0)")
+    assert done.stdout == "True\n"
+    assert "agentsh: blocked by policy: sh -c sudo id (rule block-privilege-escalation)" in (
+        done.stderr
+    )
+    store = audit.open_store(tmp_path / "audit.db", create=False)
+    denied = [(e.session, e.argv) for e in store.query(decision="deny")]
+    store.close()
+    assert denied == [("demo", ("sh", "-c", "sudo id"))]
