@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 APT_PKGS := gcc libc6-dev musl-tools mandoc util-linux iproute2 libfuse3-dev fuse3 pkg-config
 SRC := $(shell find shell enforce install policies -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.sh' \) 2>/dev/null) pyproject.toml
 SHIM := build/agentsh-shell-shim
+BOUNDARY := build/libagentsh-boundary.so
 PYTEST_ARGS ?=
 
 .PHONY: run test setup apt lint typecheck manlint unit e2e bench clean
@@ -18,7 +19,7 @@ run: setup
 test: setup lint typecheck manlint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-setup: apt $(VENV)/.installed $(SHIM)
+setup: apt $(VENV)/.installed $(SHIM) $(BOUNDARY)
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -52,6 +53,13 @@ $(SHIM): shim/agentsh-shell-shim.c $(VENV)/.deps
 	cc=$$(command -v musl-gcc || echo gcc); echo "building the shim with $$cc"; \
 	$$cc -static -Os -Wall -Wextra -Werror -o $@ $<
 	install -D -m 0755 $@ $(VENV)/libexec/agentsh-shell-shim
+
+# The exec-boundary hot path of the user-notify supervisor (enforce/boundary.py loads it
+# with ctypes from $(VENV)/libexec; without it the supervisor does the same steps in Python).
+$(BOUNDARY): shim/agentsh-boundary.c $(VENV)/.deps
+	mkdir -p build
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $<
+	install -D -m 0755 $@ $(VENV)/libexec/libagentsh-boundary.so
 
 lint: $(VENV)/.deps
 	$(PY) -m ruff check .

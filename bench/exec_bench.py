@@ -1,8 +1,9 @@
 """Exec supervision overhead (ARCHITECTURE §10: <= 1.15x on the exec-heavy workload).
 
 Runs each workload ungoverned and governed (the built-in policy; exec supervision with
-the exec-boundary check, without it, and with it plus the real SQLite audit store),
-interleaved, and prints medians and ratios.
+the exec-boundary check; the same without the C hot path, libagentsh-boundary.so, so
+Python judges and checks every exec; without the check; with it plus the real SQLite
+audit store), interleaved, and prints medians and ratios.
 
     .venv/bin/python bench/exec_bench.py [--reps N] [--execs N] [--syscalls N]
 
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agentsh.enforce import audit, config, govern, loader, supervisor
+from agentsh.enforce import audit, config, fastpath, govern, loader, supervisor
 from agentsh.shell import supervise
 
 BASH = "/usr/bin/bash"
@@ -58,6 +59,8 @@ def _run(argv: list[str], mode: str, checker: Callable[[], supervisor.Checker]) 
         try:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
+            if mode == "verify-python":  # this child forks the supervisor: it inherits this
+                fastpath.load = lambda path=fastpath.LIBRARY: None
             if mode != "ungoverned":
                 govern.start(
                     checker, _sink_factory(mode), first_exec=argv[0], verify=mode != "no-verify"
@@ -84,7 +87,7 @@ def main() -> int:
         "exec-loop": [BASH, "-c", f"for i in $(seq {opts.execs}); do /bin/true; done"],
         "syscalls": [PYTHON, "-c", SYSCALLS.format(n=opts.syscalls)],
     }
-    modes = ("ungoverned", "verify", "no-verify", "verify+audit")
+    modes = ("ungoverned", "verify", "verify-python", "no-verify", "verify+audit")
     times: dict[tuple[str, str], list[float]] = {(w, m): [] for w in workloads for m in modes}
     for _ in range(opts.reps):
         for w, argv in workloads.items():
@@ -96,10 +99,12 @@ def main() -> int:
         for m in modes:
             med = statistics.median(times[w, m])
             print(f"{w:<10} {m:<13} {med:9.3f} {med / base:7.3f}")
-    per_exec = statistics.median(times["exec-loop", "verify"]) - statistics.median(
-        times["exec-loop", "ungoverned"]
-    )
-    print(f"exec-loop: {per_exec / opts.execs * 1e6:.0f} us added per exec (with the check)")
+    base = statistics.median(times["exec-loop", "ungoverned"])
+    for m in modes[1:]:
+        per_exec = statistics.median(times["exec-loop", m]) - base
+        print(f"exec-loop {m}: {per_exec / opts.execs * 1e6:.0f} us added per exec")
+    if fastpath.load() is None:
+        print("(libagentsh-boundary.so is not built: verify is verify-python; make setup)")
     start = statistics.median(times["start", "verify"]) - statistics.median(
         times["start", "ungoverned"]
     )

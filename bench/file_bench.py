@@ -14,9 +14,13 @@ create took 0.08 to 2.8 s on ext4 here), and Landlock's cost is CPU, not I/O.
 
 Modes are plain functions in MODES: ``enter(work) -> Path`` runs in the child before the
 workload (after it nothing but the workload runs) and returns the directory the workload
-uses. Adding a column is adding one function: "landlock+monitor" would start the notify
-file monitor and then apply Landlock; "fuse" would mount the soft-delete FUSE view of
-``work`` and return its mount point.
+uses. Adding a column is adding one function: "monitor" starts the notify file monitor
+(``filemon.plan`` for the built-in policy, ``govern.spawn(..., files=plan)``) with no
+Landlock (it then traps every open, delete, rename, mkdir, chmod); "landlock+monitor"
+compiles Landlock first, plans the monitor for what Landlock leaves to it, and applies
+both in the frontend's order (supervisor forked, Landlock, then the filter). The
+supervisor answers each trapped call of the workload: that round trip is the cost shown.
+"fuse" would mount the soft-delete FUSE view of ``work`` and return its mount point.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agentsh.enforce import config, landlock, loader
+from agentsh.enforce import audit, config, filemon, govern, landlock, loader
+from agentsh.enforce.policy import Decision, Policy, Verdict
 
 PAYLOAD = b"x" * 512
 CHUNK = 1 << 20
@@ -44,19 +49,63 @@ def ungoverned(work: Path) -> Path:
     return work
 
 
-def landlock_only(work: Path) -> Path:
-    """The built-in policy compiled with ``work`` as the project, applied to this child."""
+def _policy(work: Path) -> Policy:
     variables = {"HOME": "/root", "PROJECT_ROOT": str(work), "WORKSPACE": str(work)}
-    policy = loader.load(config.builtin_policy_path(), variables | {"TMPDIR": "/tmp"})
-    ruleset = landlock.compile(
+    return loader.load(config.builtin_policy_path(), variables | {"TMPDIR": "/tmp"})
+
+
+def _ruleset(policy: Policy) -> landlock.Ruleset:
+    return landlock.compile(
         policy,
         landlock.LandlockConfig(),
         abi=landlock.probe().abi,
         runtime=landlock.runtime_paths(),
         analyse=False,
     )
-    landlock.apply(ruleset)
+
+
+def landlock_only(work: Path) -> Path:
+    """The built-in policy compiled with ``work`` as the project, applied to this child."""
+    landlock.apply(_ruleset(_policy(work)))
     return work
+
+
+def _monitored(work: Path, *, with_landlock: bool) -> Path:
+    """Put this child under the file monitor (and Landlock): no exec follows, so the
+    workload itself is the governed process."""
+    policy = _policy(work)
+    ruleset = _ruleset(policy) if with_landlock else None
+    plan = filemon.plan(
+        policy, filemon.MonitorConfig(), landlock=ruleset, protected=landlock.AGENTSH_STATE
+    )
+    if plan is None:
+        raise SystemExit("the monitor plans nothing for the built-in policy")
+
+    def checker(_req: object) -> Verdict:
+        return Verdict(Decision.DENY, "bench", "the file bench runs no programs")
+
+    def sink(_event: audit.Event) -> None:
+        pass
+
+    pending = govern.spawn(
+        lambda: checker, lambda: sink, first_exec="/nonexistent", session="bench", files=plan
+    )
+    if pending is None:
+        raise SystemExit("already governed: run the bench outside agentsh")
+    if ruleset is not None:
+        landlock.apply(ruleset)
+    pending.install()
+    return work
+
+
+def monitor_only(work: Path) -> Path:
+    """The notify file monitor alone (no Landlock): the monitor traps every kind."""
+    return _monitored(work, with_landlock=False)
+
+
+def landlock_monitor(work: Path) -> Path:
+    """Landlock plus the monitor for what Landlock leaves to it (ARCHITECTURE §10)."""
+    return _monitored(work, with_landlock=True)
 
 
 # "control" is the baseline again: its ratio is this run's noise floor (an A/A test).
@@ -64,6 +113,8 @@ MODES: dict[str, Mode] = {
     "ungoverned": ungoverned,
     "control": ungoverned,
     "landlock": landlock_only,
+    "monitor": monitor_only,
+    "landlock+monitor": landlock_monitor,
 }
 
 

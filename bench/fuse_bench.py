@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agentsh.enforce import softdelete
+from agentsh.enforce import fuseconf, softdelete
 from agentsh.install import overlay
 
 PHASES = ("create", "stat", "read", "delete", "bigread")
@@ -96,7 +96,7 @@ def _round(top: Path, big: Path, files: int) -> dict[str, float]:
     }
 
 
-def _one(base: Path, mode: softdelete.Mode | None, files: int) -> dict[str, float]:
+def _one(base: Path, mode: fuseconf.Mode | None, files: int) -> dict[str, float]:
     """One round on the raw directory (mode None) or through a fresh view."""
     ws = base / f"ws-{mode.value if mode else 'raw'}"
     ws.mkdir(exist_ok=True)
@@ -124,8 +124,8 @@ def _measure(base: Path, runs: int, files: int) -> dict[str, Times]:
     falls on all of them alike."""
     modes = {
         "raw": None,
-        "fuse": softdelete.Mode.MONITOR,
-        "fuse+trash": softdelete.Mode.SOFT_DELETE,
+        "fuse": fuseconf.Mode.MONITOR,
+        "fuse+trash": fuseconf.Mode.SOFT_DELETE,
     }
     columns: dict[str, Times] = {name: {p: [] for p in PHASES} for name in modes}
     for _ in range(runs):
@@ -159,7 +159,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--big-mb", type=int, default=200)
     args = parser.parse_args()
-    reason = overlay.probe() or (None if softdelete.probe().usable else softdelete.probe().reason)
+    reason = overlay.probe() or (None if fuseconf.probe().usable else fuseconf.probe().reason)
     if reason is not None:
         print(f"skipped: {reason}")
         return 0

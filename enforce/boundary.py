@@ -11,6 +11,13 @@ thread it still holds rather than let it run unchecked.
 
 The supervisor is the tracer of the threads it holds, so their stops and exits arrive as
 SIGCHLD and are collected with waitpid(2) (ptrace(2), seccomp_unotify(2) NOTES).
+
+``admit`` does the whole sequence for one exec. When ``make setup`` has built
+``libagentsh-boundary.so`` (``enforce.fastpath``), one call into it seizes, answers,
+interrupts, waits for the stop (woken by the supervisor's SIGCHLD wake-up fd, at most
+``fastpath.WAIT_MS``) and compares or detaches: the same steps, without a trip through
+the supervisor's loop. What it cannot settle in time it hands back (``settle``), and the
+thread is held and reaped here as without it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import os
 import signal
 from typing import Generic, NamedTuple, TypeVar
 
+from agentsh.enforce import fastpath, seccomp
+from agentsh.enforce.fastpath import Outcome
 from agentsh.enforce.tracee import MAX_ARGV_BYTES
 
 T = TypeVar("T")
@@ -72,12 +81,20 @@ def executed(tid: int) -> tuple[int, int, bytes]:
     st = os.stat(b"/proc/%d/exe" % tid)
     fd = os.open(b"/proc/%d/cmdline" % tid, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        # A short read is the end: the kernel fills each read up to the end of the
+        # arguments (fs/proc/base.c get_mm_cmdline), so most execs need one read.
         chunks = [os.read(fd, 65536)]
-        while chunks[-1] and sum(map(len, chunks)) <= MAX_ARGV_BYTES:
+        while len(chunks[-1]) == (65536 if len(chunks) == 1 else 1 << 20):
+            if sum(map(len, chunks)) > MAX_ARGV_BYTES:
+                break
             chunks.append(os.read(fd, 1 << 20))
     finally:
         os.close(fd)
     return st.st_dev, st.st_ino, b"".join(chunks)
+
+
+def _unarmed(err: int) -> str:
+    return "another process traces it" if err == errno.EPERM else os.strerror(err)
 
 
 class Expected(NamedTuple):
@@ -105,10 +122,82 @@ class Boundary(Generic[T]):
     calls ``take`` and ``check`` at each exec stop it sees.
     """
 
-    def __init__(self, *, seize: bool = True) -> None:
+    def __init__(self, *, seize: bool = True, fast: ctypes.CDLL | None = None) -> None:
         self.seize = seize
         # None: the notification vanished after the seize; detach at the next stop.
         self.pending: dict[int, tuple[Expected, T] | None] = {}
+        self.fast = fast if seize else None  # libagentsh-boundary.so (fastpath.load)
+        self.wake_fd = -1  # readable on SIGCHLD; the C path needs it to sleep on
+        self._got = ctypes.create_string_buffer(0)
+
+    def admit(
+        self, listener: seccomp.Listener, nid: int, tid: int, expected: Expected, tag: T
+    ) -> tuple[str | None, list[Mismatch[T]]]:
+        """Let the approved exec of ``tid`` run under the boundary check: seize, CONTINUE
+        (notification ``nid``), interrupt, and — on the C path — settle its stop.
+
+        Returns:
+            (why it could not be seized — then no answer was sent, and the caller must
+            refuse — or None; the execs found changed and killed so far).
+
+        Raises:
+            OSError: the answer failed other than by the notification vanishing.
+        """
+        if self.fast is None or self.wake_fd < 0:
+            why = self.arm(tid)
+            if why is None:
+                self.hold(tid, expected if listener.allow(nid) else None, tag)
+            return why, []
+        return self._admit_fast(listener, nid, tid, expected, tag)
+
+    def _admit_fast(
+        self, listener: seccomp.Listener, nid: int, tid: int, expected: Expected, tag: T
+    ) -> tuple[str | None, list[Mismatch[T]]]:
+        assert self.fast is not None
+        cap = len(expected.cmdline) + 4096  # longer than approved: cannot compare equal
+        if len(self._got) < cap:
+            self._got = ctypes.create_string_buffer(max(cap, fastpath.BUFFER))
+        res = fastpath.Result()
+        self.fast.ab_continue(
+            listener.fd, nid, tid, expected.dev, expected.ino, expected.cmdline,
+            len(expected.cmdline), self.wake_fd, fastpath.WAIT_MS, self._got, len(self._got),
+            ctypes.byref(res),
+        )  # fmt: skip
+        return self.settle(res, tid, expected, tag, got=self._got.raw)
+
+    def settle(
+        self, res: fastpath.Result, tid: int, expected: Expected, tag: T, *, got: bytes
+    ) -> tuple[str | None, list[Mismatch[T]]]:
+        """What the C path's outcome ``res`` for ``tid`` means here (``admit``'s return
+        value); ``got`` holds the cmdline found after a mismatch, ``res.got_len`` bytes.
+
+        Raises:
+            OSError: the answer failed (Outcome.ERROR), or an outcome no exec has.
+        """
+        outcome = Outcome(res.code)
+        why: str | None = None
+        found: list[Mismatch[T]] = []
+        match outcome:
+            case Outcome.VERIFIED | Outcome.DETACHED | Outcome.GONE:
+                pass
+            case Outcome.UNARMED:
+                why = _unarmed(res.err)
+            case Outcome.MISMATCH:
+                found.append(Mismatch(res.wpid, got[: res.got_len], tag))
+            case Outcome.PENDING | Outcome.OTHER:
+                # Interrupted and still to stop: held here, reaped below or from the loop.
+                self.pending[tid] = (expected, tag) if res.delivered else None
+                if outcome == Outcome.OTHER:
+                    found += self.collect(res.wpid, res.status)
+            case Outcome.ERROR:
+                raise OSError(res.err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(res.err)}")
+            case _:
+                raise OSError(errno.EPROTO, f"libagentsh-boundary: no exec outcome {outcome!r}")
+        # The C wait may have drained the SIGCHLD wake-up of another held thread without
+        # collecting its stop: nothing would wake the loop for it again.
+        if self.pending:
+            found += self.reap()
+        return why, found
 
     def arm(self, tid: int) -> str | None:
         """Seize ``tid`` before its CONTINUE; the reason it cannot be, or None."""
@@ -117,7 +206,7 @@ class Boundary(Generic[T]):
         try:
             ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL)
         except OSError as err:
-            return "another process traces it" if err.errno == errno.EPERM else err.strerror
+            return _unarmed(err.errno or errno.EPERM)
         return None
 
     def hold(self, tid: int, expected: Expected | None, tag: T) -> None:
@@ -162,10 +251,15 @@ class Boundary(Generic[T]):
                 return found
             if wpid == 0:
                 return found
-            if not os.WIFSTOPPED(status):
-                self.pending.pop(wpid, None)
-            elif (mismatch := self._stopped(wpid, status)) is not None:
-                found.append(mismatch)
+            found += self.collect(wpid, status)
+
+    def collect(self, wpid: int, status: int) -> list[Mismatch[T]]:
+        """Handle one stop or exit that waitpid reported (here or in the C path)."""
+        if not os.WIFSTOPPED(status):
+            self.pending.pop(wpid, None)
+            return []
+        mismatch = self._stopped(wpid, status)
+        return [] if mismatch is None else [mismatch]
 
     def _stopped(self, wpid: int, status: int) -> Mismatch[T] | None:
         event, sig = status >> 16, 0

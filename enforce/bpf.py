@@ -163,13 +163,21 @@ Route = Literal["allow", "notify"] | Errno
 @dataclass(frozen=True)
 class ArgRule:
     """Route syscall ``nr`` by the low 32 bits of ``args[arg]``: ``matched`` when it
-    equals one of ``values``, ``otherwise`` when not."""
+    has any bit of ``mask`` set (0: no bit test) or equals one of ``values``,
+    ``otherwise`` when not (``open`` flags: ``mask=O_ACCMODE|O_CREAT|...`` -> writes)."""
 
     nr: int
     arg: int
     values: tuple[int, ...]
     matched: Route
     otherwise: Route
+    mask: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mask <= 0xFFFFFFFF:
+            raise ValueError(f"bit mask {self.mask:#x} is not a 32-bit value")
+        if not self.values and not self.mask:
+            raise ValueError(f"argument rule for syscall {self.nr} tests nothing")
 
 
 @dataclass(frozen=True)
@@ -220,9 +228,12 @@ def _block(nr: int, body: list[Insn]) -> list[Insn]:
 
 
 def _arg_body(rule: ArgRule, trace: bool) -> list[Insn]:
-    # load arg; one JEQ per value jumping to the "matched" RET; fall through to "otherwise".
+    # load arg; a JSET on the mask, then one JEQ per value, each jumping to the "matched"
+    # RET; fall through to "otherwise".
     n = len(rule.values)
     body = [load(off_arg_low(rule.arg))]
+    if rule.mask:
+        body.append(Insn(JMP_JSET_K, n + 1, 0, rule.mask))
     body += [jeq(v & 0xFFFFFFFF, n - i, 0) for i, v in enumerate(rule.values)]
     body += [ret(_ret(rule.otherwise, trace)), ret(_ret(rule.matched, trace))]
     return body

@@ -38,6 +38,7 @@ class _Leaf(enum.Enum):
     NAME = "policy name"
     ENV = "mapping of environment variables"
     CAPS = "list of capability names"
+    LAYER = "read and checked by its layer's own settings (e.g. landlock.settings)"
 
 
 _T = _Leaf.TODO
@@ -55,6 +56,18 @@ HARDENING_GROUPS = (
     "process_vm_writev", "open_by_handle", "tty_injection", "personality",
 )  # fmt: skip
 
+# The Landlock section (top-level, as the Go agentsh has it, or under sandbox): its values
+# are checked by agentsh.enforce.landlock.settings when the snapshot is built.
+_LANDLOCK: _Schema = {
+    **dict.fromkeys(("enabled", "allow_execute", "allow_read", "allow_write"), _Leaf.LAYER),
+    "network": dict.fromkeys(("allow_connect_tcp", "allow_bind_tcp"), _Leaf.LAYER),
+}
+
+# sandbox.seccomp.file_monitor: read by agentsh.enforce.filemon.settings.
+_FILE_MONITOR: tuple[str, ...] = ("enabled", "enforce_without_fuse", "intercept_metadata")
+_FILE_MONITOR += ("write_only_opens",)
+_FILE_MONITOR += ("openat_emulation", "block_io_uring")
+
 # Every key of the four seed configs (and a few close relatives of the Go agentsh).
 # A mapping is a section; a leaf is read as a whole (lists and free-form maps included).
 _SCHEMA: _Schema = {
@@ -69,12 +82,15 @@ _SCHEMA: _Schema = {
     ),
     "audit": {"enabled": _Leaf.BOOL, "storage": {"sqlite_path": _Leaf.PATH}},
     "sandbox": {
-        **_todo("enabled", "allow_degraded", "real_paths"),
+        **_todo("enabled", "real_paths"),
+        "allow_degraded": _Leaf.LAYER,  # read by enforce.fuseconf.settings
         "env_inject": _Leaf.ENV,
         "limits": _todo("max_memory_mb", "max_cpu_percent", "max_processes"),
-        "fuse": {
-            **_todo("enabled", "deferred", "deferred_marker_file", "deferred_enable_command"),
-            "audit": _todo("mode"),
+        "fuse": {  # read by enforce.fuseconf.settings
+            "enabled": _Leaf.LAYER,
+            "deferred": _Leaf.LAYER,
+            **_todo("deferred_marker_file", "deferred_enable_command"),
+            "audit": {"mode": _Leaf.LAYER},
         },
         "network": _todo("enabled", "intercept_mode", "proxy_listen_addr"),
         "cgroups": _todo("enabled"),
@@ -83,20 +99,17 @@ _SCHEMA: _Schema = {
             **_todo("enabled", "mode"),
             "hardening": dict.fromkeys(HARDENING_GROUPS, _Leaf.BOOL),
             "execve": _todo("enabled"),
-            "file_monitor": _todo("enabled", "enforce_without_fuse"),
+            "file_monitor": dict.fromkeys(_FILE_MONITOR, _Leaf.LAYER),
         },
         "ptrace": {
             "enabled": _Leaf.BOOL,
             **_todo("attach_mode", "mask_tracer_pid", "on_attach_failure"),
-            "trace": _todo("execve", "file", "network", "signal"),
+            "trace": {**_todo("execve", "network", "signal"), "file": _Leaf.LAYER},
             "performance": _todo("seccomp_prefilter", "max_tracees", "max_hold_ms"),
         },
-        "landlock": {
-            **_todo("enabled", "allow_execute", "allow_read", "allow_write"),
-            "network": _todo("allow_connect_tcp", "allow_bind_tcp"),
-        },
+        "landlock": _LANDLOCK,
     },
-    "landlock": _todo("enabled", "allow_execute", "allow_read", "allow_write"),
+    "landlock": _LANDLOCK,
     "security": _todo("mode", "strict"),
     "capabilities": {"allow": _Leaf.CAPS},
     "proxy": _todo("mode", "port", "providers"),

@@ -25,6 +25,11 @@ Matching rules (what a policy author can rely on):
 - domains: case-insensitive, a trailing dot ignored, ``*`` spans dots (``*.evil.com``
   matches every subdomain at any depth, not ``evil.com`` itself; ``*`` matches every
   destination). Within one network rule domains, cidrs and ports must all match.
+- signals: a rule matches when the signal is one of its ``signals`` and the target is of
+  its ``target`` kind (``enforce.signals.SignalTarget`` says what each kind means);
+  ``process`` patterns are case-sensitive globs (``*`` spans everything) over the
+  target's ``comm`` and executable basename, or over the executable's full path when the
+  pattern has a ``/``. Signal 0, pid 1 and the supervisor are decided before any rule.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import ipaddress
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from agentsh.enforce.policy import (
     STRICTNESS,
@@ -43,9 +48,13 @@ from agentsh.enforce.policy import (
     FileRule,
     NetworkRule,
     Policy,
+    SignalRule,
+    SignalTargetSpec,
     Verdict,
 )
 from agentsh.enforce.record import dataclass, replace
+from agentsh.enforce.signals import TARGET_TESTS, SignalTarget
+from agentsh.enforce.signals import name as signal_name
 
 FILE_OPERATIONS = frozenset(
     {
@@ -381,6 +390,25 @@ def _file_default(policy: Policy, op: str, path: str) -> Verdict:
     return Verdict(Decision.DENY, None, message, path)
 
 
+# Opening a file to read it is one act that policies name two ways: "open" and "read"
+# (a directory: "open" and "list"). A rule naming either covers it, so a rule that lets
+# /etc/ld.so.cache be read (exe.dev lists only read) lets the dynamic loader open it, and
+# a rule denying "read" of ~/.ssh/** also refuses opening it (first match wins).
+_OPEN_SYNONYMS: dict[str, frozenset[str]] = {
+    "open": frozenset({"read", "list"}),
+    "read": frozenset({"open"}),
+    "list": frozenset({"open"}),
+}
+
+
+def covers(operations: Sequence[str], op: str) -> bool:
+    """A file rule with ``operations`` applies to ``op`` (``*``, ``op`` itself, or an
+    open/read/list synonym: see above)."""
+    if "*" in operations or op in operations:
+        return True
+    return any(alias in operations for alias in _OPEN_SYNONYMS.get(op, ()))
+
+
 def check_file(policy: Policy, op: str, path: str) -> Verdict:
     """Judge one file operation on an absolute path.
 
@@ -395,7 +423,7 @@ def check_file(policy: Policy, op: str, path: str) -> Verdict:
         return Verdict(Decision.DENY, None, f"file path {path!r} is not absolute", path)
     norm = _normalise_path(path)
     for rule in policy.file_rules:
-        if "*" not in rule.operations and op not in rule.operations:
+        if not covers(rule.operations, op):
             continue
         if compile_paths(rule.paths).fullmatch(norm):
             return _rule_verdict(rule, norm, {"Path": norm, "Operation": op})
@@ -463,3 +491,106 @@ def stricter(a: Verdict, b: Verdict) -> Verdict:
     """The stricter of two verdicts by :data:`STRICTNESS`; ``a`` on a tie (a wrapper and
     its payload: the wrapper is passed first)."""
     return b if STRICTNESS[b.decision] > STRICTNESS[a.decision] else a
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@functools.cache
+def process_glob_source(pattern: str) -> str:
+    """Regex source (for ``fullmatch``, case-sensitive) of a ``process`` target pattern.
+
+    Raises:
+        GlobError: empty, or a malformed ``[``/``{``.
+    """
+    if not pattern.strip():
+        raise GlobError("empty process pattern")
+    return _checked(_translate(pattern, ".*", "."), pattern)
+
+
+@functools.cache
+def compile_process_glob(pattern: str) -> re.Pattern[str]:
+    """Compile one ``process`` pattern (see :func:`process_glob_source`)."""
+    return re.compile(process_glob_source(pattern), re.DOTALL)
+
+
+def _target_matches(spec: SignalTargetSpec, t: SignalTarget) -> bool:
+    match spec.kind:
+        case "process":
+            glob = compile_process_glob(spec.pattern)
+            if "/" in spec.pattern:
+                return bool(t.exe) and glob.fullmatch(t.exe) is not None
+            names = (t.comm, posixpath.basename(t.exe))
+            return any(n and glob.fullmatch(n) for n in names)
+        case "pid_range":
+            return spec.pid_min <= t.pid <= spec.pid_max
+        case kind if kind in TARGET_TESTS:
+            return TARGET_TESTS[kind](t)
+        case _:
+            return False  # an unknown kind never matches (the loader refuses it)
+
+
+def builtin_signal_verdict(sig: int, target: SignalTarget) -> Verdict:
+    """The built-in signal rule (no ``signal_rules`` entry matched): a governed process may
+    signal its own tree, nothing else. ``rule`` names the built-in rule on a refusal."""
+    subject = f"{signal_name(sig)} to {target.pid}"
+    if target.pid == 1:
+        return Verdict(
+            Decision.DENY,
+            "signal-init",
+            "init (pid 1) cannot be signalled from a governed shell",
+            subject,
+        )
+    if target.supervisor:
+        return Verdict(
+            Decision.DENY,
+            "signal-supervisor",
+            "the agentsh supervisor cannot be signalled",
+            subject,
+        )
+    if target.in_tree or target.relation == "self":
+        return Verdict(Decision.ALLOW, None, "a process of the governed tree", subject)
+    message = f"process {target.pid} is outside the governed process tree"
+    return Verdict(Decision.DENY, "signal-outside-tree", message, subject)
+
+
+def _signal_verdict(rule: SignalRule, subject: str) -> Verdict:
+    message = rule.message or f"{_PHRASES.get(rule.decision, 'decided')} by rule {rule.name}"
+    verdict = Verdict(rule.decision, rule.name, message, subject)
+    match rule.decision:
+        case Decision.ALLOW | Decision.AUDIT | Decision.DENY:
+            return verdict
+        case Decision.APPROVE:
+            # Nobody can be asked while the sender waits inside the kernel.
+            return resolve_approval(verdict, False)
+        case _:  # redirect, soft_delete: the loader refuses them; fail closed
+            why = f"rule {rule.name} says {rule.decision.value}, which a signal cannot do"
+            return Verdict(Decision.DENY, rule.name, why, subject)
+
+
+def check_signal(policy: Policy, sig: int, target: SignalTarget) -> Verdict:
+    """Judge sending signal ``sig`` to ``target``.
+
+    Order: signal 0 (an existence probe: it changes nothing) is allowed; pid 1 and the
+    supervisor are refused whatever a rule says; then the first ``signal_rules`` entry
+    matching the signal and the target decides (``approve`` becomes a refusal: nobody can
+    be asked); without one, the built-in rule (:func:`builtin_signal_verdict`).
+    """
+    subject = f"{signal_name(sig)} to {target.pid}"
+    if sig == 0:
+        return Verdict(Decision.ALLOW, None, "signal 0 only probes for the process", subject)
+    builtin = builtin_signal_verdict(sig, target)
+    if target.pid == 1 or target.supervisor:
+        return builtin
+    for rule in policy.signal_rules:
+        if sig in rule.signals and _target_matches(rule.target, target):
+            return _signal_verdict(rule, subject)
+    return builtin
+
+
+SignalChecker = Callable[[int, SignalTarget], Verdict]
+
+
+def signal_checker(policy: Policy) -> SignalChecker:
+    """``check_signal`` bound to ``policy``: what the supervisor asks about each signal."""
+    return functools.partial(check_signal, policy)

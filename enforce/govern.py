@@ -46,7 +46,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from agentsh.enforce import audit, bpf, seccomp, supervisor
+from agentsh.enforce import audit, bpf, engine, filemon, landlock, seccomp, supervisor
 from agentsh.enforce.bpf import ArgRule, FilterSpec
 from agentsh.enforce.errors import InternalError, LayerUnavailable
 from agentsh.enforce.record import dataclass
@@ -85,11 +85,21 @@ class Hardening:
     personality: bool = True  # personality() changes (queries pass)
 
 
-def filter_spec(hardening: Hardening = Hardening(), *, trace: bool = False) -> FilterSpec:
-    """The filter for a governed tree: exec always, plus the enabled hardening groups.
-    ``trace`` routes to SECCOMP_RET_TRACE instead (the ptrace backend)."""
+def filter_spec(
+    hardening: Hardening = Hardening(),
+    *,
+    trace: bool = False,
+    files: filemon.Plan | None = None,
+) -> FilterSpec:
+    """The filter for a governed tree: exec always, plus the enabled hardening groups and
+    the file calls ``files`` traps. ``trace`` routes to SECCOMP_RET_TRACE instead (the
+    ptrace backend)."""
     notify: list[int] = [supervisor.NR_EXECVE, supervisor.NR_EXECVEAT, *supervisor.VIEW_CALLS]
     args: list[ArgRule] = []
+    if files is not None:
+        file_notify, file_args = files.routes()
+        notify += file_notify
+        args += file_args
     if hardening.signals:
         notify += sorted(supervisor.SIGNAL_CALLS)
     if hardening.ptrace:
@@ -161,6 +171,8 @@ def spawn(
     session: str = "",
     hardening: Hardening = Hardening(),
     verify: bool = True,
+    signals: engine.SignalChecker | None = None,
+    files: filemon.Plan | None = None,
 ) -> Pending | None:
     """Fork the supervisor (steps 1-2 of the module docstring), before this process is
     restricted in any way. The factories run in the supervisor process (open the audit
@@ -177,8 +189,10 @@ def spawn(
     if is_governed():
         return None
     seccomp.check_layout()
-    prog = bpf.build(filter_spec(hardening))
-    launch = _Launch(checker_factory, sink_factory, os.getpid(), first_exec, session, verify)
+    prog = bpf.build(filter_spec(hardening, files=files))
+    launch = _Launch(
+        checker_factory, sink_factory, os.getpid(), first_exec, session, verify, signals, files
+    )
     ours = fork_service(launch, _spawn_supervisor, "exec supervisor")
     return Pending(ours, prog)
 
@@ -191,6 +205,8 @@ def start(
     session: str = "",
     hardening: Hardening = Hardening(),
     verify: bool = True,
+    signals: engine.SignalChecker | None = None,
+    files: filemon.Plan | None = None,
 ) -> bool:
     """``spawn`` then ``install``: put this process, and everything it will start, under
     exec supervision. Call it last before exec'ing ``first_exec``.
@@ -208,6 +224,8 @@ def start(
         session=session,
         hardening=hardening,
         verify=verify,
+        signals=signals,
+        files=files,
     )
     if pending is None:
         return False
@@ -250,6 +268,8 @@ class _Launch:
     first_exec: str
     session: str
     verify: bool
+    signals: engine.SignalChecker | None = None  # None: the built-in signal rule
+    files: filemon.Plan | None = None  # the notify file monitor's plan; None: none
 
 
 def fork_service(
@@ -299,7 +319,12 @@ def _serve(fd: int, checker: supervisor.Checker, sink: supervisor.Sink, launch: 
     """Run the supervisor; a crash is audited (its stderr is /dev/null), then the process
     exits and every later trapped syscall of the tree fails with ENOSYS (fail closed)."""
     try:
-        return supervisor.serve(
+        files = None
+        if launch.files is not None:
+            from agentsh.enforce import fileguard  # the supervisor's side only
+
+            files = fileguard.Monitor(launch.files, inject=True)
+        return supervisor.Supervisor(
             fd,
             checker,
             sink,
@@ -307,7 +332,9 @@ def _serve(fd: int, checker: supervisor.Checker, sink: supervisor.Sink, launch: 
             session=launch.session,
             first_exec=launch.first_exec,
             verify=launch.verify,
-        )
+            signals=launch.signals,
+            files=files,
+        ).run()
     except Exception as err:  # noqa: BLE001 — the only record of the crash is this event
         import traceback  # only on this failure path: keep it off every governed start
 
@@ -362,27 +389,34 @@ def _prctl(option: int, arg: int) -> None:
 
 # --------------------------------------------------------------------------- Landlock fence
 
-NR_LANDLOCK_CREATE_RULESET, NR_LANDLOCK_RESTRICT_SELF = 444, 446
-LANDLOCK_CREATE_RULESET_VERSION = 0x1
-LANDLOCK_ACCESS_FS_MAKE_CHAR, LANDLOCK_ACCESS_FS_MAKE_BLOCK = 0x40, 0x800
-
 
 def _fence() -> bool:
     """A Landlock domain that only refuses creating device nodes (mknod of a raw disk or
     /dev/mem would sidestep every other layer). Being in any domain also turns on
     Landlock's ptrace rule, which keeps the tree away from the supervisor. Returns False
     when the kernel has no Landlock (then dumpable=0 and the ptrace/pidfd_getfd checks
-    of the filter are what protect the supervisor)."""
+    of the filter are what protect the supervisor).
+
+    Any domain refuses renaming or linking a file into another directory (REFER, ABI
+    >= 2) unless one of its rules grants it — even when the ruleset does not handle it —
+    so the fence handles REFER and grants it beneath "/": renames stay as the policy's
+    own ruleset (``enforce.landlock``) and the rest of the system decide them."""
     try:
-        seccomp.syscall(NR_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
+        abi = landlock.probe().abi
+        if abi < 1:
+            return False
+        refer = landlock.FS_REFER if abi >= 2 else 0
+        ruleset = landlock.create_ruleset(landlock.FS_MAKE_CHAR | landlock.FS_MAKE_BLOCK | refer)
     except OSError:
         return False
-    attr = ctypes.c_uint64(LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_BLOCK)
-    ruleset = seccomp.syscall(
-        NR_LANDLOCK_CREATE_RULESET, ctypes.c_void_p(ctypes.addressof(attr)), 8, 0
-    )
     try:
-        seccomp.syscall(NR_LANDLOCK_RESTRICT_SELF, ruleset, 0)
+        if refer:
+            root = os.open("/", os.O_PATH | os.O_CLOEXEC)
+            try:
+                landlock.add_rule(ruleset, root, refer)
+            finally:
+                os.close(root)
+        landlock.restrict_self(ruleset)
     finally:
         with contextlib.suppress(OSError):
             os.close(ruleset)

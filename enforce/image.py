@@ -38,6 +38,7 @@ class Image:
     ino: int
     head: bytes  # the first BINPRM_BUF_SIZE bytes
     trusted_alias: bool = False  # see trusted_alias()
+    sig: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # dev, ino, size, mtime, ctime (ns)
 
 
 class _OpenHow(ctypes.Structure):
@@ -235,12 +236,18 @@ def resolve(tid: int, call: ExecArgs, *, same_view: bool | None = None) -> Image
     alias = os.path.basename(call.path) != os.path.basename(canonical).encode(
         "utf-8", "surrogateescape"
     ) and trusted_alias(tid, call)
-    image = Image(canonical, st.st_dev, st.st_ino, head, alias)
-    if key and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > CACHE_SETTLE_NS:
+    image = Image(canonical, st.st_dev, st.st_ino, head, alias, sig)
+    if key and settled(sig):
         if len(_CACHE) >= CACHE_MAX:
             _CACHE.clear()
         _CACHE[key] = (sig, image)
     return image
+
+
+def settled(sig: tuple[int, int, int, int, int]) -> bool:
+    """The file was last changed more than CACHE_SETTLE_NS ago: a change from now on gives
+    it a new ctime (which nobody can set back), so an equal ``sig`` means the same file."""
+    return time.time_ns() - max(sig[3], sig[4]) > CACHE_SETTLE_NS
 
 
 def trusted_alias(tid: int, call: ExecArgs) -> bool:

@@ -52,6 +52,7 @@ from agentsh.enforce.engine import (
     FILE_OPERATIONS,
     READ_OPERATIONS,
     compile_paths,
+    covers,
 )
 from agentsh.enforce.errors import LayerUnavailable, PolicyError
 from agentsh.enforce.policy import Decision, FileRule, Policy
@@ -124,7 +125,7 @@ SYSTEM_TREES: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/li
 SYSTEM_READ: Final = ("/etc", "/proc")
 DEVICES: Final = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 TERMINALS: Final = ("/dev/tty", "/dev/ptmx")  # and the tree /dev/pts
-AGENTSH_STATE: Final = ("/etc/agentsh", "/var/lib/agentsh")
+AGENTSH_STATE: Final = ("/etc/agentsh", "/var/lib/agentsh", "/var/cache/agentsh")
 # procfs magic links: an open through them is checked on the file they point to, and a rule
 # on them would name the frontend's own /proc entries, not its children's.
 _MAGIC: Final = ("/proc", "/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr")
@@ -469,7 +470,7 @@ def decisions(policy: Policy, path: str) -> dict[str, tuple[Decision, int]]:
     and the index of the deciding rule (-1: the file default). One pass over the rules."""
     left, out = set(FILE_OPERATIONS), {}
     for index, rule in enumerate(policy.file_rules):
-        ops = set(left) if "*" in rule.operations else left.intersection(rule.operations)
+        ops = {op for op in left if covers(rule.operations, op)}
         if ops and compile_paths(rule.paths).fullmatch(path):
             out.update(dict.fromkeys(ops, (rule.decision, index)))
             left -= ops

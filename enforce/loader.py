@@ -9,8 +9,9 @@ all errors. Every pattern is compiled here (through the engine's memoised compil
 loaded policy never fails at check time.
 
 ``${VAR}`` and ``${VAR:-default}`` are expanded in file paths, domains, commands,
-``redirect_to`` and ``env_inject`` values, from the mapping the caller passes (never from
-this process's environment). An unset or empty variable without a default is an error:
+``redirect_to``, ``env_inject`` values and signal ``target.pattern``, from the mapping
+the caller passes (never from this process's environment). An unset or empty variable
+without a default is an error:
 ``${PROJECT_ROOT}/**`` must never silently become ``/**``.
 """
 
@@ -24,7 +25,7 @@ from typing import TypeVar
 
 from yaml.nodes import Node
 
-from agentsh.enforce import engine
+from agentsh.enforce import engine, signals
 from agentsh.enforce.errors import PolicyError
 from agentsh.enforce.policy import (
     AuditSettings,
@@ -36,6 +37,8 @@ from agentsh.enforce.policy import (
     Policy,
     Redirect,
     ResourceLimits,
+    SignalRule,
+    SignalTargetSpec,
 )
 from agentsh.enforce.yamlnodes import Items, YamlReader, compose, expand, sub
 
@@ -44,12 +47,14 @@ _RULE = ("name", "description", "decision", "message")
 POLICY_KEYS: dict[str, frozenset[str]] = {
     "": frozenset(
         {"version", "name", "description", "command_rules", "file_rules", "network_rules"}
-        | {"env_policy", "env_inject", "resource_limits", "audit", "file_default"}
+        | {"signal_rules", "env_policy", "env_inject", "resource_limits", "audit", "file_default"}
     ),
     "command_rules": frozenset({*_RULE, "commands", "args_patterns", "redirect_to"}),
     "redirect_to": frozenset({"command", "args"}),
     "file_rules": frozenset({*_RULE, "paths", "operations", "timeout"}),
     "network_rules": frozenset({*_RULE, "domains", "cidrs", "ports", "timeout"}),
+    "signal_rules": frozenset({*_RULE, "signals", "target", "fallback", "timeout", "redirect_to"}),
+    "target": frozenset({"type", "pattern", "min", "max"}),
     "env_policy": frozenset({"allow", "deny", "max_bytes", "max_keys", "block_iteration"}),
     "resource_limits": frozenset(
         {"max_memory_mb", "memory_swap_max_mb", "cpu_quota_percent", "pids_max"}
@@ -65,7 +70,7 @@ POLICY_KEYS: dict[str, frozenset[str]] = {
 # dropping a rule an operator wrote would weaken the policy without telling anyone.
 _ANCHOR_ONLY: dict[str, frozenset[str]] = {
     "": frozenset(
-        {"unix_socket_rules", "registry_rules", "signal_rules", "dns_redirects"}
+        {"unix_socket_rules", "registry_rules", "dns_redirects"}
         | {"connect_redirects", "package_rules", "http_services", "transparent_commands"}
     ),
     "command_rules": frozenset(
@@ -80,8 +85,14 @@ _DECISIONS = {
     "file_rules": frozenset(Decision) - {Decision.REDIRECT},
     "network_rules": frozenset({Decision.ALLOW, Decision.DENY, Decision.APPROVE, Decision.AUDIT}),
     "file_default": frozenset({Decision.ALLOW, Decision.DENY, Decision.APPROVE, Decision.AUDIT}),
+    "signal_rules": frozenset({Decision.ALLOW, Decision.DENY, Decision.APPROVE, Decision.AUDIT}),
 }
-_R = TypeVar("_R", CommandRule, FileRule, NetworkRule)
+# Go signal decisions we cannot carry out, and why (a load error, never a silent change).
+_SIGNAL_UNSUPPORTED = {
+    "redirect": "the supervisor cannot change the signal a process sends",
+    "absorb": "the supervisor does not drop signals while reporting success",
+}
+_R = TypeVar("_R", CommandRule, FileRule, NetworkRule, SignalRule)
 
 
 def _cidr(text: str) -> None:
@@ -266,6 +277,83 @@ class _Builder:
             line=node.start_mark.line + 1,
         )
 
+    def signal_rule(self, node: Node, path: str) -> SignalRule:
+        items = self._rule_items(node, path, "signal_rules")
+        self._signal_unsupported(items, path)
+        name, decision = self._rule_head(items, node, path, "signal_rules")
+        numbers: set[int] = set()
+        entries = self._entries(items, node, path, "signals", signals.parse)
+        self._required(items, node, path, "signals", entries)
+        for entry in entries:
+            numbers |= signals.parse(entry)
+        if "target" not in items:
+            self.r.fail(node, sub(path, "target"), "missing (a mapping with type: ...)")
+        fallback = None
+        if "fallback" in items:
+            where = sub(path, "fallback")
+            fallback = self._decision_value(items["fallback"][1], where, "signal_rules")
+        return SignalRule(
+            name=name,
+            signals=frozenset(numbers),
+            target=self._signal_target(items["target"][1], sub(path, "target"), name),
+            decision=decision,
+            message=self._text(items, path, "message"),
+            description=self._text(items, path, "description"),
+            fallback=fallback,
+            timeout_s=self._duration(items, path, "timeout"),
+            line=node.start_mark.line + 1,
+        )
+
+    def _signal_unsupported(self, items: Items, path: str) -> None:
+        """Refuse the Go signal features we cannot carry out, saying why."""
+        if "redirect_to" in items:
+            why = f"not supported: {_SIGNAL_UNSUPPORTED['redirect']}; use deny or allow"
+            self.r.fail(items["redirect_to"][0], sub(path, "redirect_to"), why)
+        if "decision" in items:
+            dnode = items["decision"][1]
+            text = self.r.string(dnode, sub(path, "decision")).strip().lower()
+            if text in _SIGNAL_UNSUPPORTED:
+                why = f"decision {text!r} is not supported: {_SIGNAL_UNSUPPORTED[text]}"
+                self.r.fail(dnode, sub(path, "decision"), why + "; use deny or allow")
+
+    def _signal_target(self, node: Node, path: str, rule: str) -> SignalTargetSpec:
+        spec = self.r.mapping(node, path, POLICY_KEYS["target"])
+        if "type" not in spec:
+            self.r.fail(node, sub(path, "type"), "missing")
+        tnode = spec["type"][1]
+        kind = self.r.string(tnode, sub(path, "type")).strip().lower()
+        if kind not in signals.TARGET_KINDS:
+            kinds = ", ".join(sorted(signals.TARGET_KINDS))
+            self.r.fail(
+                tnode,
+                sub(path, "type"),
+                f"rule {rule!r}: unknown target type {kind!r} (use {kinds})",
+            )
+        for key, owner in (("pattern", "process"), ("min", "pid_range"), ("max", "pid_range")):
+            if key in spec and kind != owner:
+                self.r.fail(spec[key][0], sub(path, key), f"only valid with type: {owner}")
+            if key not in spec and kind == owner:
+                self.r.fail(node, sub(path, key), f"required with type: {owner}")
+        if kind == "process":
+            return SignalTargetSpec(kind, pattern=self._process_pattern(spec, path, rule))
+        if kind == "pid_range":
+            low = self.r.integer(spec["min"][1], sub(path, "min"), 1)
+            high = self.r.integer(spec["max"][1], sub(path, "max"), 1)
+            if low > high:
+                self.r.fail(spec["max"][1], sub(path, "max"), f"smaller than min ({low})")
+            return SignalTargetSpec(kind, pid_min=low, pid_max=high)
+        return SignalTargetSpec(kind)
+
+    def _process_pattern(self, spec: Items, path: str, rule: str) -> str:
+        pnode, where = spec["pattern"][1], sub(path, "pattern")
+        text = self.r.string(pnode, where)
+        try:
+            value = expand(text, self.env, path=text.startswith("/"))
+            engine.process_glob_source(value)
+        except ValueError as err:  # GlobError is a ValueError
+            self.r.fail(pnode, where, f"rule {rule!r}: {err}")
+        return value
+
     def rules(self, items: Items, key: str, build: Callable[[Node, str], _R]) -> tuple[_R, ...]:
         """Build the list ``key``; rule names must be unique within it."""
         if key not in items:
@@ -363,6 +451,7 @@ class _Builder:
             command_rules=self.rules(items, "command_rules", self.command_rule),
             file_rules=self.rules(items, "file_rules", self.file_rule),
             network_rules=self.rules(items, "network_rules", self.network_rule),
+            signal_rules=self.rules(items, "signal_rules", self.signal_rule),
             env_policy=self.env_policy(items),
             env_inject=self.env_inject(items),
             resource_limits=self.resource_limits(items),

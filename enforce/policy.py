@@ -77,6 +77,34 @@ class NetworkRule:
 
 
 @dataclass(frozen=True)
+class SignalTargetSpec:
+    """``target`` of a signal rule: ``kind`` is its ``type`` (``enforce.signals.TARGET_KINDS``);
+    ``pattern`` is for ``process``, ``pid_min``/``pid_max`` for ``pid_range``."""
+
+    kind: str
+    pattern: str = ""
+    pid_min: int = 0
+    pid_max: int = 0
+
+
+@dataclass(frozen=True)
+class SignalRule:
+    """One ``signal_rules`` entry; ``signals`` are numbers (groups and names resolved).
+    ``fallback`` is accepted for the Go format and never used: agentsh enforces signal
+    rules or refuses to run, it never degrades to auditing."""
+
+    name: str
+    signals: frozenset[int]
+    target: SignalTargetSpec
+    decision: Decision
+    message: str = ""
+    description: str = ""
+    fallback: Decision | None = None
+    timeout_s: float | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
 class EnvPolicy:
     """Which caller variables reach bash. Empty ``allow`` means every variable not denied."""
 
@@ -121,6 +149,7 @@ class Policy:
     command_rules: tuple[CommandRule, ...] = ()
     file_rules: tuple[FileRule, ...] = ()
     network_rules: tuple[NetworkRule, ...] = ()
+    signal_rules: tuple[SignalRule, ...] = ()
     env_policy: EnvPolicy = field(default_factory=EnvPolicy)
     env_inject: tuple[tuple[str, str], ...] = ()
     resource_limits: ResourceLimits = field(default_factory=ResourceLimits)

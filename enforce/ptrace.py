@@ -69,13 +69,27 @@ import struct
 import time
 import traceback
 from collections.abc import Callable
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
-from agentsh.enforce import audit, boundary, bpf, govern, limits, seccomp, supervisor, tracee
+from agentsh.enforce import (
+    audit,
+    boundary,
+    bpf,
+    engine,
+    filemon,
+    govern,
+    limits,
+    seccomp,
+    supervisor,
+    tracee,
+)
 from agentsh.enforce.bpf import ArgRule, Errno, FilterSpec
 from agentsh.enforce.errors import LayerUnavailable
 from agentsh.enforce.govern import Hardening
 from agentsh.enforce.record import dataclass, replace
+
+if TYPE_CHECKING:
+    from agentsh.enforce import fileguard
 
 # --------------------------------------------------------------------------- constants
 
@@ -84,7 +98,15 @@ PTRACE_SEIZE, PTRACE_LISTEN, PTRACE_GET_SYSCALL_INFO = 0x4206, 0x4208, 0x420E
 PTRACE_O_TRACEFORK, PTRACE_O_TRACEVFORK, PTRACE_O_TRACECLONE = 0x2, 0x4, 0x8
 PTRACE_O_TRACEEXEC, PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL = 0x10, 0x80, 0x100000
 _O_ATTACH = PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE  # the whole tree
-OPTIONS: Final = _O_ATTACH | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP | PTRACE_O_EXITKILL
+# The file monitor's exit check: an allowed open resumes with PTRACE_SYSCALL, and its
+# syscall-exit stop (SIGTRAP | 0x80 with TRACESYSGOOD; nothing else ever asks for one)
+# shows the fd it returned (fileguard.Monitor.opened).
+PTRACE_SYSCALL, PTRACE_O_TRACESYSGOOD, OP_EXIT = 24, 0x1, 2
+SYSCALL_EXIT_STOP: Final = signal.SIGTRAP | 0x80
+OPTIONS: Final = (
+    _O_ATTACH | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP | PTRACE_O_EXITKILL
+    | PTRACE_O_TRACESYSGOOD
+)  # fmt: skip
 
 
 class Event(enum.IntEnum):
@@ -122,10 +144,13 @@ _LISTENER_FLAGS = tuple(f for f in range(256) if f & seccomp.FLAG_NEW_LISTENER)
 _NO_LISTENER = ArgRule(NR_SECCOMP, 1, _LISTENER_FLAGS, Errno(errno.EBUSY), "allow")
 
 
-def filter_spec(hardening: Hardening = Hardening()) -> FilterSpec:
-    """The notify backend's filter with every supervised syscall routed to
-    SECCOMP_RET_TRACE, plus the refusal of new seccomp listeners (module docstring)."""
-    spec = govern.filter_spec(hardening, trace=True)
+def filter_spec(
+    hardening: Hardening = Hardening(), files: filemon.Plan | None = None
+) -> FilterSpec:
+    """The notify backend's filter (with the file calls ``files`` traps) with every
+    supervised syscall routed to SECCOMP_RET_TRACE, plus the refusal of new seccomp
+    listeners (module docstring)."""
+    spec = govern.filter_spec(hardening, trace=True, files=files)
     return replace(spec, args=(*spec.args, _NO_LISTENER))
 
 
@@ -167,6 +192,15 @@ def skip_syscall(tid: int, value: int) -> None:
     struct.pack_into("<q", regs, OFF_ORIG_RAX, -1)
     struct.pack_into("<q", regs, OFF_RAX, value)
     boundary.ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def return_value(tid: int) -> int:
+    """rax of a tracee in a syscall-exit stop: the call's return value (-errno on failure),
+    read with PTRACE_GETREGS (ptrace(2))."""
+    regs = ctypes.create_string_buffer(REGS_SIZE)
+    boundary.ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    value: int = struct.unpack_from("<q", regs, OFF_RAX)[0]
+    return value
 
 
 def resume(tid: int, sig: int = 0) -> None:
@@ -362,6 +396,9 @@ class Tracer:
             first_exec=launch.first_exec,
             verify=True,  # hold every approval; ``launch.verify`` decides on the image check
             exec_boundary=boundary.Boundary(seize=False),  # we trace every member already
+            signals=launch.signals,
+            # No ADDFD here: allowed opens run, and are checked again at their exit.
+            files=_monitor(launch.files),
         )
 
     def run(self) -> int:
@@ -397,6 +434,8 @@ class Tracer:
                 listen(pid)
             case Event.STOP:  # a new task's first stop
                 resume(pid)
+            case Event.NONE if sig == SYSCALL_EXIT_STOP:  # the file monitor's exit check
+                self._syscall_exit(pid)
             case Event.NONE:  # signal-delivery stop: deliver the signal
                 resume(pid, sig)
             case _:  # an event we never asked for: fail closed
@@ -409,12 +448,26 @@ class Tracer:
         except ProcessLookupError:
             return  # killed while stopped; its exit comes next
         answer = self._decide(tid, info)
+        request = PTRACE_CONT
+        if answer.run and self.sup.files is not None and self.sup.files.checks_exit(tid):
+            request = PTRACE_SYSCALL  # stop again at its exit: the opened fd is checked
         try:
             if not answer.run:
                 skip_syscall(tid, answer.value)
-            boundary.ptrace(PTRACE_CONT, tid)
+            boundary.ptrace(request, tid)
         except ProcessLookupError:
             pass
+
+    def _syscall_exit(self, tid: int) -> None:
+        """The syscall-exit stop of an allowed open: the file monitor checks the file it
+        opened (and kills the process if that is not a file it may open)."""
+        files = self.sup.files
+        try:
+            if files is not None and syscall_info(tid).op == OP_EXIT:
+                files.opened(self.sup, tid, return_value(tid))
+        except ProcessLookupError:
+            return
+        resume(tid)
 
     def _decide(self, tid: int, info: SyscallInfo) -> Answer:
         if info.op != OP_SECCOMP:
@@ -456,10 +509,19 @@ class Tracer:
         self.sup.record(event, urgent=True)
 
 
+def _monitor(plan: filemon.Plan | None) -> fileguard.Monitor | None:
+    """The file monitor for the tracer (built there: it reads the protected inodes)."""
+    if plan is None:
+        return None
+    from agentsh.enforce import fileguard  # the tracer's side only
+
+    return fileguard.Monitor(plan, inject=False, check_exits=True)
+
+
 # --------------------------------------------------------------------------- start
 
 
-Launch = govern._Launch  # checker/sink factories, frontend pid, first_exec, session, verify
+Launch = govern._Launch  # factories, pid, first_exec, session, verify, signals, files
 
 
 class TracedPending:
@@ -503,6 +565,8 @@ def spawn_traced(
     session: str = "",
     hardening: Hardening = Hardening(),
     verify: bool = True,
+    signals: engine.SignalChecker | None = None,
+    files: filemon.Plan | None = None,
 ) -> TracedPending | None:
     """Fork the tracer (steps 1-2), before this process is restricted in any way; the
     contract of ``govern.spawn``. The factories run in the tracer process.
@@ -518,8 +582,10 @@ def spawn_traced(
         return None
     if not seccomp.action_available(bpf.RET_TRACE):
         raise LayerUnavailable("exec supervision (ptrace): the kernel has no SECCOMP_RET_TRACE")
-    prog = bpf.build(filter_spec(hardening))
-    launch = Launch(checker_factory, sink_factory, os.getpid(), first_exec, session, verify)
+    prog = bpf.build(filter_spec(hardening, files))
+    launch = Launch(
+        checker_factory, sink_factory, os.getpid(), first_exec, session, verify, signals, files
+    )
     ours = govern.fork_service(launch, _spawn_tracer, "ptrace supervisor")
     return TracedPending(ours, prog)
 
@@ -532,6 +598,8 @@ def start_traced(
     session: str = "",
     hardening: Hardening = Hardening(),
     verify: bool = True,
+    signals: engine.SignalChecker | None = None,
+    files: filemon.Plan | None = None,
 ) -> bool:
     """``spawn_traced`` then ``install`` (the contract of ``govern.start``): put this
     process, and everything it will start, under ptrace exec supervision. Call it last
@@ -550,6 +618,8 @@ def start_traced(
         session=session,
         hardening=hardening,
         verify=verify,
+        signals=signals,
+        files=files,
     )
     if pending is None:
         return False

@@ -50,8 +50,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agentsh.enforce import VERSION
-from agentsh.enforce.errors import PolicyError
+from agentsh.enforce import VERSION, filemon, fuseconf, landlock
+from agentsh.enforce.errors import LayerUnavailable, PolicyError
+from agentsh.enforce.landlock import LandlockConfig, Ruleset
 from agentsh.enforce.policy import (
     AuditSettings,
     CommandRule,
@@ -62,6 +63,8 @@ from agentsh.enforce.policy import (
     Policy,
     Redirect,
     ResourceLimits,
+    SignalRule,
+    SignalTargetSpec,
 )
 from agentsh.enforce.record import dataclass
 
@@ -76,11 +79,12 @@ except ImportError:  # not CPython: the pure-Python unpickler also raises struct
     _PURE_ERRORS = (struct.error,)
 
 CACHE_DIR = Path("/var/cache/agentsh/settings")
-FORMAT = 1
+FORMAT = 2
 MAX_ENTRIES = 256  # one entry per (config, policy, cwd, user); pruned to half when over
 # The modules whose code decides what a snapshot holds: a change to any of them misses.
 _CODE: tuple[str, ...] = ("__init__.py", "config.py", "engine.py", "loader.py", "policy.py")
-_CODE += ("record.py", "snapshot.py", "yamlnodes.py")
+_CODE += ("fuseconf.py", "landlock.py", "record.py", "snapshot.py", "yamlnodes.py")
+_CODE += ("filemon.py", "signals.py")
 _SUFFIXES = (".yaml", ".yml")  # as config.locate_policy probes <policies.dir>/<name><suffix>
 _PATTERN_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.UNICODE | re.VERBOSE | re.ASCII
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
@@ -104,6 +108,10 @@ class Snapshot:
     capabilities_allow: tuple[str, ...] | None
     ptrace_enabled: bool
     hardening: tuple[tuple[str, bool], ...]
+    landlock: LandlockConfig
+    ruleset: Ruleset | None  # compiled for the ABI the kernel had then; see ruleset()
+    fuse: fuseconf.FuseSettings  # the soft-delete workspace settings
+    monitor: filemon.MonitorConfig  # the notify file monitor's settings
     policy_path: str
     policy_sha256: str
     absent: tuple[str, ...] = ()
@@ -300,6 +308,7 @@ def _build(
         raise PolicyError(str(path), None, "file", f"cannot be read: {err}") from None
     policy = loader.loads(_text(data, path), str(path), variables)
     absent = () if override else _absent(_candidates(cfg.policies_dir, cfg.default_policy), located)
+    fences, monitor = landlock.settings(cfg), filemon.settings(cfg)
     return Snapshot(
         key=key if absent is not None else "",
         policy=policy,
@@ -310,10 +319,58 @@ def _build(
         capabilities_allow=cfg.capabilities_allow,
         ptrace_enabled=cfg.ptrace_enabled,
         hardening=cfg.hardening,
+        landlock=fences,
+        ruleset=_ruleset(policy, fences, landlock.probe().abi, monitor.enabled),
+        fuse=fuseconf.settings(cfg),
+        monitor=monitor,
         policy_path=str(path),
         policy_sha256=_digest(data),
         absent=absent or (),
     )
+
+
+def _ruleset(
+    policy: Policy, fences: LandlockConfig, abi: int, monitor: bool
+) -> landlock.Ruleset | None:
+    """The Landlock ruleset for ``abi`` (None: Landlock is off in the config, or the
+    kernel has none — :func:`ruleset` then decides what that means at run time). With the
+    file ``monitor`` on, operations an ``approve`` rule decides are left to it (it refuses
+    them: nobody can be asked inside the tree) so that Landlock does not refuse more than
+    the policy: deno approves deletes but allows renames, which Landlock counts as both."""
+    if not fences.enabled or abi < 1:
+        return None
+    runtime = landlock.runtime_paths()
+    return landlock.compile(
+        policy, fences, abi=abi, runtime=runtime, monitor=monitor, analyse=False
+    )
+
+
+def ruleset(
+    policy: Policy,
+    fences: LandlockConfig,
+    stored: landlock.Ruleset | None,
+    abi: int,
+    *,
+    monitor: bool,
+) -> landlock.Ruleset | None:
+    """The ruleset to apply on a kernel with Landlock ``abi``: ``stored`` (a snapshot's)
+    when it was compiled for the same ABI, else compiled now (a kernel upgrade). None when
+    the config turns Landlock off.
+
+    Raises:
+        LayerUnavailable: the config enables Landlock (the default) and the kernel has none.
+    """
+    if not fences.enabled:
+        return None
+    if stored is not None and stored.abi == min(abi, landlock.LATEST_ABI) >= 1:
+        return stored
+    found = _ruleset(policy, fences, abi, monitor)
+    if found is None:
+        raise LayerUnavailable(
+            "Landlock (the file policy layer) is not available on this kernel",
+            hint=f"set {fences.section}.enabled: false in the config to run without it",
+        )
+    return found
 
 
 def _absent(candidates: tuple[Path, ...], located: Path | None) -> tuple[str, ...] | None:
@@ -357,6 +414,10 @@ def _well_formed(found: object, key: str) -> bool:
         type(found) is Snapshot
         and found.key == key
         and type(found.policy) is Policy
+        and type(found.landlock) is landlock.LandlockConfig
+        and (found.ruleset is None or type(found.ruleset) is landlock.Ruleset)
+        and type(found.fuse) is fuseconf.FuseSettings
+        and type(found.monitor) is filemon.MonitorConfig
         and type(found.policy_path) is str
         and type(found.policy_sha256) is str
         and type(found.absent) is tuple
@@ -459,10 +520,16 @@ def _pattern(pattern: object, flags: object) -> _LazyPattern:
 
 
 _MODEL: tuple[type, ...] = (AuditSettings, CommandRule, Decision, EnvPolicy, FileRule)
-_MODEL += (NetworkRule, Policy, Redirect, ResourceLimits)
+_MODEL += (NetworkRule, Policy, Redirect, ResourceLimits, SignalRule, SignalTargetSpec)
+_LANDLOCK: tuple[type, ...] = (landlock.LandlockConfig, landlock.Ruleset, landlock.Rule)
+_LANDLOCK += (landlock.Gap,)
+_FUSE: tuple[type, ...] = (fuseconf.FuseSettings, fuseconf.Mode)
 _ALLOWED: dict[tuple[str, str], Any] = {
     **{("agentsh.enforce.policy", cls.__name__): cls for cls in _MODEL},
     ("agentsh.enforce.snapshot", "Snapshot"): Snapshot,
+    **{("agentsh.enforce.landlock", cls.__name__): cls for cls in _LANDLOCK},
+    **{("agentsh.enforce.fuseconf", cls.__name__): cls for cls in _FUSE},
+    ("agentsh.enforce.filemon", "MonitorConfig"): filemon.MonitorConfig,
     ("re", "_compile"): _pattern,
     ("re", "compile"): _pattern,
 }

@@ -3,10 +3,7 @@ over the workspace path in a private mount namespace, in which unlink, rmdir and
 overwriting rename move the file into the trash (``enforce.trash``) instead of deleting it
 (ARCHITECTURE §1, §11).
 
-    probe() -> Support                 /dev/fuse openable, pyfuse3 importable, fusermount3
-    settings(config) -> FuseSettings   the config's sandbox.fuse section and its neighbours
-    choose(settings, support) -> Choice   mount, or what to do without FUSE (refuse, deny
-                                       deletes, allow them audited); ``require`` raises
+    (enforce.fuseconf: probe, settings, choose: whether a command gets the view at all)
     start(plan) -> int                 frontend side: private namespace, daemon, mount
     serve(plan, ready=fd) -> int       daemon side: answer requests until the tree is gone
     check_mount(path)                  LayerUnavailable when the view's daemon is dead
@@ -47,28 +44,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import enum
 import errno
 import functools
-import importlib.util
 import os
 import select
 import shlex
-import shutil
 import signal
 import stat
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from agentsh.enforce.audit import Event
-from agentsh.enforce.config import Config
-from agentsh.enforce.errors import AgentshError, LayerUnavailable, PolicyError
+from agentsh.enforce.errors import AgentshError, LayerUnavailable
+from agentsh.enforce.fuseconf import DEFAULT_TRASH_ROOT, MODE_DECISION, Mode
 from agentsh.enforce.policy import STRICTNESS, Decision, Verdict
 from agentsh.enforce.record import dataclass, replace
-from agentsh.enforce.trash import DEFAULT_TRASH_ROOT, StashError, Trash
+from agentsh.enforce.trash import StashError, Trash
 
 FUSE_SUPER_MAGIC = 0x65735546
 AT_EMPTY_PATH, RENAME_NOREPLACE, RENAME_EXCHANGE = 0x1000, 1, 2
@@ -122,144 +116,6 @@ def _unshare_private() -> None:
     """unshare(2) CLONE_NEWNS, then mount(2) MS_REC|MS_PRIVATE on / (before any mount)."""
     _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount(/, private)")
-
-
-# --- configuration ---------------------------------------------------------------------
-
-
-class Mode(enum.Enum):
-    MONITOR = "monitor"
-    SOFT_DELETE = "soft_delete"
-    SOFT_BLOCK = "soft_block"
-
-
-_MODE_DECISION = {
-    Mode.MONITOR: Decision.AUDIT,
-    Mode.SOFT_DELETE: Decision.SOFT_DELETE,
-    Mode.SOFT_BLOCK: Decision.DENY,
-}
-
-
-class Action(enum.Enum):
-    OFF = "off"  # sandbox.fuse not enabled
-    MOUNT = "mount"
-    REFUSE = "refuse"  # the command does not run
-    DENY_DELETES = "deny_deletes"  # the file monitor refuses deletes in the workspace
-    ALLOW_AUDITED = "allow_audited"  # deletes are real and audited
-
-
-@dataclass(frozen=True)
-class Support:
-    dev_fuse: bool
-    pyfuse3: bool
-    fusermount: bool
-    root: bool
-    reason: str = ""
-
-    @property
-    def usable(self) -> bool:
-        """Root mounts with mount(2) directly, so fusermount3 is needed only without it."""
-        return self.dev_fuse and self.pyfuse3 and self.root
-
-
-@dataclass(frozen=True)
-class FuseSettings:
-    enabled: bool = False
-    deferred: bool = False
-    mode: Mode = Mode.MONITOR
-    enforce_without_fuse: bool = False
-    allow_degraded: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    action: Action
-    reason: str
-
-
-def probe() -> Support:
-    """What FUSE needs here: /dev/fuse openable, pyfuse3 importable (not imported: it
-    costs ~200 ms), fusermount3 on PATH, and root for the private mount namespace."""
-    dev, why = True, []
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
-    except OSError as err:
-        dev = False
-        why.append(f"/dev/fuse cannot be opened ({err.strerror})")
-    lib = importlib.util.find_spec("pyfuse3") is not None
-    if not lib:
-        why.append("pyfuse3 is not installed")
-    root = os.geteuid() == 0
-    if not root:
-        why.append("not root (a private mount namespace needs CAP_SYS_ADMIN)")
-    found = shutil.which("fusermount3") is not None
-    return Support(dev, lib, found, root, "; ".join(why))
-
-
-def _setting(config: Config, key: str, kind: type, default: Any) -> Any:
-    node: Any = config.raw
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    if node is None:
-        return default
-    if not isinstance(node, kind):
-        where = str(config.path) if config.path else "config"
-        raise PolicyError(where, config.lines.get(key), key, f"must be a {kind.__name__}")
-    return node
-
-
-def settings(config: Config) -> FuseSettings:
-    """Read ``sandbox.fuse`` (enabled, deferred, audit.mode; "strict" means monitor: an
-    audit failure always refuses here), ``sandbox.seccomp.file_monitor.
-    enforce_without_fuse`` and ``sandbox.allow_degraded``.
-
-    Raises:
-        PolicyError: a wrong type or an unknown mode (names file, line and key).
-    """
-    mode_text = _setting(config, "sandbox.fuse.audit.mode", str, "monitor")
-    mode_text = "monitor" if mode_text == "strict" else mode_text
-    if mode_text not in {m.value for m in Mode}:
-        key = "sandbox.fuse.audit.mode"
-        where = str(config.path) if config.path else "config"
-        why = f"{mode_text!r} is not one of monitor, soft_delete, soft_block, strict"
-        raise PolicyError(where, config.lines.get(key), key, why)
-    return FuseSettings(
-        enabled=_setting(config, "sandbox.fuse.enabled", bool, False),
-        deferred=_setting(config, "sandbox.fuse.deferred", bool, False),
-        mode=Mode(mode_text),
-        enforce_without_fuse=_setting(
-            config, "sandbox.seccomp.file_monitor.enforce_without_fuse", bool, False
-        ),
-        allow_degraded=_setting(config, "sandbox.allow_degraded", bool, False),
-    )
-
-
-def choose(s: FuseSettings, support: Support) -> Choice:
-    """What a governed command gets (what ``detect`` shows): the view, or without FUSE:
-    deny deletes when the file monitor is to enforce without FUSE or the mode is
-    soft_block; allow them audited in monitor mode (nothing is lost) or when the config
-    accepts degradation (``deferred``, ``allow_degraded``); otherwise refuse."""
-    if not s.enabled:
-        return Choice(Action.OFF, "sandbox.fuse is not enabled: deletes are not made recoverable")
-    if support.usable:
-        return Choice(Action.MOUNT, f"workspace seen through FUSE, audit mode {s.mode.value}")
-    missing = f"FUSE unavailable ({support.reason})"
-    if s.enforce_without_fuse or s.mode is Mode.SOFT_BLOCK:
-        return Choice(Action.DENY_DELETES, f"{missing}: deletes in the workspace are refused")
-    if s.mode is Mode.MONITOR or s.deferred or s.allow_degraded:
-        return Choice(Action.ALLOW_AUDITED, f"{missing}: deletes are real and audited")
-    return Choice(Action.REFUSE, f"{missing}, and sandbox.fuse.enabled requires it")
-
-
-def require(choice: Choice) -> None:
-    """Raises:
-    LayerUnavailable: the choice is REFUSE."""
-    if choice.action is Action.REFUSE:
-        raise LayerUnavailable(
-            f"soft-delete workspace: {choice.reason}",
-            hint="install fuse3 and pyfuse3 (see `agentsh detect`), or set "
-            "sandbox.fuse.deferred or sandbox.allow_degraded to run without it",
-        )
 
 
 # --- the plan and the frontend side ----------------------------------------------------
@@ -837,7 +693,7 @@ class _View:
         which names itself)."""
         mode = self.plan.mode
         by_mode = Verdict(
-            _MODE_DECISION[mode], f"fuse-audit-mode-{mode.value}", f"audit mode {mode.value}", path
+            MODE_DECISION[mode], f"fuse-audit-mode-{mode.value}", f"audit mode {mode.value}", path
         )
         if self.plan.decide is None:
             return by_mode

@@ -9,10 +9,13 @@ notification it decides, audits through ``sink``, and answers:
   ``/proc/self/root``), follow ``#!`` interpreters, ask ``checker`` about the program and
   each interpreter, re-check SECCOMP_IOCTL_NOTIF_ID_VALID, then CONTINUE or EACCES. A refusal
   writes one line to the process's stderr where possible.
-- kill/tkill/tgkill/pidfd_send_signal/rt_sigqueueinfo/rt_tgsigqueueinfo: a governed process
-  may signal its own tree (processes whose ancestry reaches the governed root, or that
-  were seen trapping a syscall, so daemons stay members), never pid 1, the supervisor, or
-  anything outside → EPERM. Signal 0 (an existence probe) is always allowed.
+- kill/tkill/tgkill/pidfd_send_signal/rt_sigqueueinfo/rt_tgsigqueueinfo: each process the
+  call reaches (every member of a process group) is classified (``enforce.signaltarget``)
+  and judged by ``signals`` (``engine.check_signal``: the policy's ``signal_rules``, else
+  the built-in rule: a governed process may signal its own tree — processes whose ancestry
+  reaches the governed root, or that were seen trapping a syscall, so daemons stay
+  members). Pid 1, the supervisor and ``kill -1`` are refused whatever a rule says; a
+  refusal is EPERM. Signal 0 (an existence probe) is always allowed.
 - ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree → else EPERM.
 - everything else the filter traps (mount, kexec, bpf, io_uring, TIOCSTI, ...) → EPERM.
 
@@ -34,6 +37,15 @@ process already traces cannot be seized, so its exec is refused (debuggers that 
 their target, such as ``strace CMD``, work only from outside the governed tree); exec
 formats handled by binfmt_misc are refused with ENOEXEC (scripts without ``#!`` still run:
 the shell falls back to interpreting them itself, and that shell is governed).
+
+Hot path (``enforce.fastpath``, when ``make setup`` has built libagentsh-boundary.so): the
+boundary sequence runs in one C call per exec, and an execve identical to one judged
+before — same path as written, argv, canonical path, and an ELF file unchanged since
+(dev, inode, size, mtime, ctime; files changed in the last seconds are never reused) — is
+answered by the C transport with that allow verdict, without a Python round trip. Only
+allows of a checker that declares itself ``pure`` are reused, never the prechecked shell,
+never once a member changed its root or the audit store failed. The same reads, the
+ID_VALID re-check and the exec-boundary check run for every exec either way.
 """
 
 from __future__ import annotations
@@ -45,11 +57,15 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from agentsh.enforce import audit, boundary, image, seccomp, tracee
+from agentsh.enforce import audit, boundary, engine, fastpath, image, seccomp, signaltarget, tracee
 from agentsh.enforce.errors import AuditUnavailable
-from agentsh.enforce.policy import Decision, Verdict
+from agentsh.enforce.policy import Decision, Policy, Verdict
+from agentsh.enforce.signals import SignalTarget
+
+if TYPE_CHECKING:
+    from agentsh.enforce import fileguard
 
 NR_EXECVE, NR_EXECVEAT = 59, 322
 SIGNAL_CALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
@@ -97,6 +113,19 @@ class ExecRequest(NamedTuple):
 
 Checker = Callable[[ExecRequest], Verdict]
 Sink = Callable[[audit.Event], None]
+
+
+class _Remembered(NamedTuple):
+    """What the C table holds for an allowed exec: its request (pid and cwd replaced at
+    each hit), verdict, and the image and argv its exec boundary must show."""
+
+    req: ExecRequest
+    verdict: Verdict
+    expected: boundary.Expected
+
+
+# The root's first exec (bash.real) was prechecked by the frontend; never remembered.
+_PRECHECKED = Verdict(Decision.ALLOW, None, "the governed shell itself (prechecked)")
 
 
 class Allowed(NamedTuple):
@@ -173,19 +202,31 @@ class Supervisor:
         first_exec: str | None = None,
         verify: bool = True,
         exec_boundary: boundary.Boundary[Allowed] | None = None,
+        signals: engine.SignalChecker | None = None,
+        files: fileguard.Monitor | None = None,
     ) -> None:
+        self.files = files  # the notify file monitor (filemon.plan), or None
         self.listener = (
             listener if isinstance(listener, seccomp.Listener) else seccomp.Listener(listener)
         )
         self.checker, self.sink, self.session, self.verify = checker, sink, session, verify
         self.tree = tracee.Tree(frontend_pid)
         self.first_exec = first_exec  # the frontend's own exec of bash.real: prechecked
-        self.boundary: boundary.Boundary[Allowed] = exec_boundary or boundary.Boundary()
+        # The C hot path (enforce.fastpath), for the user-notify transport only.
+        self.fast = fastpath.load() if exec_boundary is None else None
+        self.boundary: boundary.Boundary[Allowed] = exec_boundary or boundary.Boundary(
+            fast=self.fast
+        )
+        # Allowed execs ab_next may answer by itself (``run``: with the boundary check, a
+        # pure checker and the C library); tag: (request, verdict, expected image).
+        self.table: fastpath.Table[_Remembered] | None = None
         # Events to hand to the sink; an allowed exec is queued as its (request, verdict,
         # time) and becomes an Event only when flushed, off the exec's critical path.
         self.queue: list[audit.Event | Allowed] = []
         self.audit_down: str | None = None
         self.views_changed = False  # some member called chroot or setns
+        # Judges each signal (the policy's signal_rules); the built-in rule without one.
+        self.signals = signals or engine.signal_checker(Policy(1, "built-in", "<built-in>"))
 
     # ------------------------------------------------------------------ loop
 
@@ -197,18 +238,26 @@ class Supervisor:
             # Exec-boundary stops of seized threads arrive as SIGCHLD (we are their tracer).
             signal.signal(signal.SIGCHLD, lambda *_: None)
             signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+            self.boundary.wake_fd = wake_r  # the C path sleeps on it for the exec stop
+            if self.fast is not None and getattr(self.checker, "pure", False) is True:
+                self.table = fastpath.Table(self.fast)
         poller = select.poll()
         poller.register(self.listener.fd, select.POLLIN)
         poller.register(wake_r, select.POLLIN)
         while True:
+            if self._batching():
+                if self._serve_batch(wake_r):
+                    break
+                continue
             events = poller.poll(0 if self.queue else None)
             if not events:
                 self.flush()
                 continue
             if self._handle(events, wake_r):
-                self._reap()
-                self.flush()
-                return 0
+                break
+        self._reap()
+        self.flush()
+        return 0
 
     def _handle(self, events: list[tuple[int, int]], wake_r: int) -> bool:
         """Serve ready fds; True when the listener hung up (every governed task is gone)."""
@@ -219,22 +268,100 @@ class Supervisor:
                     pass
                 self._reap()
             elif ev & select.POLLIN:
-                self.handle_one()
+                self._serve_one()
             elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                 hup = True
         return hup
 
-    def handle_one(self) -> None:
-        """Receive one notification from ``listener`` and answer it."""
-        try:
-            note = self.listener.recv()
-        except OSError as err:
-            if err.errno in (errno.ENOENT, errno.EINTR):  # withdrawn before we got it
+    def _batching(self) -> bool:
+        """The C transport may serve runs of remembered execs: the table is in use, and
+        no thread waits at its exec boundary (every SIGCHLD meanwhile is then theirs)."""
+        table = self.table
+        if table is None:
+            return False
+        if table.enabled and (self.views_changed or self.audit_down is not None):
+            table.disable()  # paths may resolve differently now; or every exec refuses
+        return table.enabled and not self.boundary.pending
+
+    def _serve_batch(self, wake_r: int) -> bool:
+        """Let ``ab_serve`` answer remembered execs until a notification needs Python;
+        audit them, then handle what it returned. True when the listener hung up."""
+        table = self.table
+        assert table is not None
+        outcome, note, hits = table.serve(self.listener.fd, wake_r, flush=bool(self.queue))
+        for hit in hits:
+            self._audit_hit(table, hit)
+        match outcome:
+            case fastpath.Outcome.IDLE:
+                self.flush()
+            case fastpath.Outcome.WAKE:
+                while _drain(wake_r):
+                    pass
+                self._reap()
+            case fastpath.Outcome.HUP:
+                return True
+            case fastpath.Outcome.REAPED:
+                res = table.result
+                for mismatch in self.boundary.collect(res.wpid, res.status) + self.boundary.reap():
+                    self.exec_changed(mismatch)
+            case fastpath.Outcome.POLL:
+                raise OSError(table.result.err, "poll of the seccomp listener failed")
+            case _:
+                self._after_next(outcome, note, table)
+        return False
+
+    def _audit_hit(self, table: fastpath.Table[_Remembered], hit: fastpath.Hit) -> None:
+        """Queue the audit event of an exec ``ab_serve`` answered from the table."""
+        req, verdict, _ = table.tags[hit.slot]
+        cwd = table.text(hit.cwd_off, hit.cwd_len).decode("utf-8", "surrogateescape")
+        self.tree.saw(hit.pid)
+        req = req._replace(pid=hit.pid, cwd=cwd, depth_of=tracee.Depth(self.tree, hit.pid))
+        self.record(Allowed(req, verdict, hit.when))
+
+    def _serve_one(self) -> None:
+        """One notification: answered in C when the table holds it, else handle_one."""
+        table = self.table
+        if table is None or not self._batching():
+            self.handle_one()
+            return
+        outcome, note = table.next(self.listener.fd, self.boundary.wake_fd)
+        self._after_next(outcome, note, table)
+
+    def _after_next(
+        self,
+        outcome: fastpath.Outcome,
+        note: seccomp.Notification,
+        table: fastpath.Table[_Remembered],
+    ) -> None:
+        """Handle what ``ab_next`` did with ``note``: nothing (NOTE: Python answers it),
+        or a remembered exec's outcome."""
+        if outcome == fastpath.Outcome.RECV:
+            err = table.result.err
+            if err in (errno.ENOENT, errno.EINTR):  # withdrawn before we got it
                 return
-            raise
+            raise OSError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
+        if outcome == fastpath.Outcome.NOTE:
+            self.handle_one(note)
+            return
+        self.tree.saw(note.pid)
+        if outcome != fastpath.Outcome.STALE:
+            self._remembered_exec(note, table)
+
+    def handle_one(self, note: seccomp.Notification | None = None) -> None:
+        """Answer ``note`` (already received by the C transport), or else receive one
+        notification from ``listener`` and answer it."""
+        if note is None:
+            try:
+                note = self.listener.recv()
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EINTR):  # withdrawn before we got it
+                    return
+                raise
         self.tree.saw(note.pid)  # it carries the filter: a member of the tree
         if note.nr in (NR_EXECVE, NR_EXECVEAT):
             self._exec(note)
+        elif self.files is not None and note.nr in self.files.trapped:
+            self.files.handle(self, note)
         elif note.nr in SIGNAL_CALLS:
             self._signal(note)
         elif note.nr in (NR_PTRACE, NR_PIDFD_GETFD):
@@ -271,7 +398,10 @@ class Supervisor:
             return
         cmdline = b"\0".join(expect_argv) + b"\0"
         expected = boundary.Expected(final.dev, final.ino, cmdline)
-        self._continue_exec(note, expected, Allowed(reqs[0], verdict, time.time()))
+        allowed = Allowed(reqs[0], verdict, time.time())
+        if self.table is not None and len(reqs) == 1 and verdict is not _PRECHECKED:
+            self._remember(note, call, final, _Remembered(allowed.req, verdict, expected))
+        self._continue_exec(note, expected, allowed)
 
     def _plan(
         self, tid: int, call: tracee.ExecArgs, depth: Callable[[], int | None]
@@ -309,7 +439,7 @@ class Supervisor:
         if self.first_exec is not None and first.pid == self.tree.root:
             expected, self.first_exec = self.first_exec, None
             if os.path.realpath(expected) == first.path:
-                return Verdict(Decision.ALLOW, None, "the governed shell itself (prechecked)")
+                return _PRECHECKED
         verdicts = [self._check(r) for r in reqs]
         return next((v for v in verdicts if not v.allowed), verdicts[0])
 
@@ -328,15 +458,65 @@ class Supervisor:
             self.listener.allow(note.id)
             self.record(allowed)
             return
-        why = self.boundary.arm(note.pid)
+        why, changed = self.boundary.admit(self.listener, note.id, note.pid, expected, allowed)
+        self._admitted(note, allowed, why, changed)
+
+    def _admitted(
+        self,
+        note: seccomp.Notification,
+        allowed: Allowed,
+        why: str | None,
+        changed: list[boundary.Mismatch[Allowed]],
+    ) -> None:
+        """After ``Boundary.admit``: refuse an exec that could not be seized (no answer
+        was sent), else audit it, and every exec found changed at its boundary."""
         if why is not None:
             message = f"cannot verify this exec ({why}); run debuggers outside agentsh"
             verdict = Verdict(Decision.DENY, "exec-unverifiable", message)
             self._refuse_exec(note, allowed.req, verdict)
             return
-        delivered = self.listener.allow(note.id)
-        self.boundary.hold(note.pid, expected if delivered else None, allowed)
         self.record(allowed)
+        for mismatch in changed:
+            self.exec_changed(mismatch)
+
+    def _remember(
+        self,
+        note: seccomp.Notification,
+        call: tracee.ExecArgs,
+        img: image.Image,
+        tag: _Remembered,
+    ) -> None:
+        """Put an allowed execve in the C table when its verdict is a pure function of
+        what ab_next compares: an execve (no flags, no dirfd) of one ELF file named by
+        its own basename (no alias to vouch for, no interpreter), unchanged for a while,
+        while every member shares our view and the audit store works."""
+        assert self.table is not None
+        canonical = img.path.encode("utf-8", "surrogateescape")
+        if (
+            note.nr != NR_EXECVE
+            or self.views_changed
+            or self.audit_down is not None
+            or not call.path
+            or not call.argv
+            or img.trusted_alias
+            or os.path.basename(call.path) != os.path.basename(canonical)
+            or not image.settled(img.sig)
+        ):
+            return
+        self.table.put(call.path, b"\0".join(call.argv) + b"\0", canonical, img.sig, tag)
+
+    def _remembered_exec(
+        self, note: seccomp.Notification, table: fastpath.Table[_Remembered]
+    ) -> None:
+        """An execve ab_next found in the table: it was answered (or, unseizable, not)."""
+        res = table.result
+        req, verdict, expected = table.tags[res.slot]
+        cwd = table.text(res.base, res.cwd_len).decode("utf-8", "surrogateescape")
+        depth = tracee.Depth(self.tree, note.pid)
+        allowed = Allowed(req._replace(pid=note.pid, cwd=cwd, depth_of=depth), verdict, time.time())
+        got = table.text(res.base + res.cwd_len, res.got_len)  # the cmdline of a mismatch
+        why, changed = self.boundary.settle(res, note.pid, expected, allowed, got=got)
+        self._admitted(note, allowed, why, changed)
 
     def _refuse_exec(self, note: seccomp.Notification, req: ExecRequest, verdict: Verdict) -> None:
         self._refuse(
@@ -367,47 +547,62 @@ class Supervisor:
     # ------------------------------------------------------------------ signals, reach
 
     def _signal(self, note: seccomp.Notification) -> None:
+        """Ask ``signals`` about every process the call reaches; EPERM on the first
+        refusal. A refusal, and a signal a ``signal_rules`` entry allowed, are audited."""
         name = SIGNAL_CALLS[note.nr]
         pids, groups, sig = _signal_targets(name, note)
         if sig == 0 and not groups and pids != [-1]:
             self.listener.allow(note.id)  # an existence probe changes nothing
             return
-        refusal = self._signal_refusal(note.pid, pids, groups)
-        if refusal is None:
-            self.listener.allow(note.id)
-            return
-        rule, message = refusal
+        verdict = self._signal_refusal(note.pid, pids, groups, sig)
         what = f"{name}({', '.join(map(str, pids + [-g for g in groups]))}, {_signame(sig)})"
-        event = self._syscall_event(note.pid, what, rule, message, "signal")
-        self._refuse(note, what, event, errno.EPERM)
+        decision = verdict.decision.value if verdict.allowed else "deny"
+        event = audit.Event(
+            time.time(),
+            self.session,
+            note.pid,
+            tracee.cwd(note.pid),
+            (what,),
+            decision,
+            verdict.rule,
+            verdict.message,
+            "signal",
+            "signal",
+        )
+        if not verdict.allowed:
+            self._refuse(note, what, event, errno.EPERM)
+            return
+        self.listener.allow(note.id)
+        if verdict.rule is not None:  # a rule decided (the built-in allow is not audited)
+            self.record(event)
 
-    def _signal_refusal(
-        self, caller: int, pids: list[int], groups: list[int]
-    ) -> tuple[str, str] | None:
-        for pid in pids:
-            if pid == -1:
-                return "signal-everything", "signalling every process (kill -1) is not allowed"
-            if pid == caller or (pid > 1 and pid != os.getpid() and tracee.stat(pid) is None):
-                continue  # itself, or a process that does not exist (the kernel says ESRCH)
-            refusal = self._target_refusal(pid)
-            if refusal is not None:
-                return refusal
-        for pgrp in groups:
-            if not self.tree.group_inside(pgrp):
-                return (
-                    "signal-outside-tree",
-                    f"process group {pgrp} has members outside the governed process tree",
-                )
-        return None
+    def _signal_refusal(self, caller: int, pids: list[int], groups: list[int], sig: int) -> Verdict:
+        """The first refusal among the processes ``pids`` and ``groups`` reach, else the
+        first verdict a rule gave, else the built-in allow. ``kill -1`` is always refused:
+        it reaches every process, pid 1 and the supervisor included."""
+        if -1 in pids:
+            message = "signalling every process (kill -1) is not allowed"
+            return Verdict(Decision.DENY, "signal-everything", message, "-1")
+        members = [m for pgrp in groups for m in signaltarget.group_members(pgrp)]
+        decided = Verdict(Decision.ALLOW, None, "within the governed tree")
+        for pid in [*pids, *members]:
+            if pid != caller and pid > 1 and pid != os.getpid() and tracee.stat(pid) is None:
+                continue  # a process that does not exist (the kernel says ESRCH)
+            verdict = self.signals(sig, signaltarget.classify(self.tree, caller, pid))
+            if not verdict.allowed:
+                return verdict
+            if decided.rule is None:
+                decided = verdict
+        return decided
 
     def _target_refusal(self, pid: int) -> tuple[str, str] | None:
-        if pid == 1:
-            return "signal-init", "init (pid 1) cannot be signalled from a governed shell"
-        if pid == os.getpid():
-            return "signal-supervisor", "the agentsh supervisor cannot be signalled"
-        if not self.tree.contains(pid):
-            return "signal-outside-tree", f"process {pid} is outside the governed process tree"
-        return None
+        """The built-in rule's (rule, message) for reaching ``pid`` from the tree (ptrace,
+        pidfd_getfd: signal_rules do not apply); None when it is a member."""
+        target = SignalTarget(
+            pid, 0, in_tree=self.tree.contains(pid), supervisor=pid == os.getpid()
+        )
+        verdict = engine.builtin_signal_verdict(signal.SIGKILL, target)  # any signal: same rule
+        return None if verdict.allowed else (verdict.rule or "outside-tree", verdict.message)
 
     def _reach(self, note: seccomp.Notification) -> None:
         """ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree."""
@@ -605,6 +800,7 @@ def serve(
     session: str = "",
     first_exec: str | None = None,
     verify: bool = True,
+    signals: engine.SignalChecker | None = None,
 ) -> int:
     """Supervise the governed tree behind ``listener_fd`` until its last process exits.
 
@@ -617,6 +813,8 @@ def serve(
         session: the audit session id.
         first_exec: the path the root execs first (bash.real, already prechecked).
         verify: the exec-boundary check (module docstring); off only for benchmarks.
+        signals: judges each signal (``engine.signal_checker(policy)``); None: the
+            built-in rule (own tree only).
 
     Returns:
         0 once no process uses the filter any more.
@@ -629,4 +827,5 @@ def serve(
         session=session,
         first_exec=first_exec,
         verify=verify,
+        signals=signals,
     ).run()

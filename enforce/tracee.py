@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from typing import NamedTuple
 
 from agentsh.enforce.record import dataclass
 
@@ -38,6 +39,13 @@ def s32(value: int) -> int:
 
 # --------------------------------------------------------------------------- memory
 
+# Not process_vm_readv(2): it pins the pages it reads (FOLL_PIN), and a pinned page of a
+# process that has just forked is first copied out of its copy-on-write sharing with the
+# parent. Every exec comes from such a child; that copy cost ~250 us per exec here, while
+# /proc/PID/mem reads the shared page as it is.
+WINDOW = 16384  # strings this close together are read with one pread
+ARG_PROBE = 256  # bytes first read of each argv string read alone (most are shorter)
+
 
 class Memory:
     """``/proc/TID/mem`` of one waiting tracee, open for the duration of one notification.
@@ -46,9 +54,11 @@ class Memory:
     opened before an exec (or in a vfork child) keeps reading the *old* address space.
     """
 
+    __slots__ = ("fd",)
+
     def __init__(self, tid: int) -> None:
         try:
-            self.fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.open(b"/proc/%d/mem" % tid, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
             raise Unreadable(f"cannot open the memory of {tid}: {err.strerror}") from err
 
@@ -65,16 +75,17 @@ class Memory:
         except OSError as err:
             raise Unreadable(f"unreadable memory at {addr:#x}: {err.strerror}") from err
 
-    def cstring(self, addr: int, limit: int) -> bytes:
+    def cstring(self, addr: int, limit: int, head: bytes = b"") -> bytes:
         """The NUL-terminated string at ``addr``, read page by page (never across an
-        unmapped page in one read)."""
+        unmapped page in one read); ``head``: bytes already read at ``addr``."""
         if addr == 0:
             raise Unreadable("NULL string pointer")
-        out = bytearray()
+        out, chunk = bytearray(), head
         while len(out) <= limit:
-            chunk = self.read(addr, PAGE - (addr % PAGE))
             if not chunk:
-                raise Unreadable(f"string at {addr:#x} runs into unmapped memory")
+                chunk = self.read(addr, PAGE - (addr % PAGE))
+                if not chunk:
+                    raise Unreadable(f"string at {addr:#x} runs into unmapped memory")
             end = chunk.find(b"\0")
             if end >= 0:
                 out += chunk[:end]
@@ -83,6 +94,7 @@ class Memory:
                 return bytes(out)
             out += chunk
             addr += len(chunk)
+            chunk = b""
         raise Unreadable(f"string longer than {limit} bytes")
 
     def pointers(self, addr: int, limit: int) -> list[int]:
@@ -103,10 +115,29 @@ class Memory:
                 out.append(ptr)
             addr += usable
 
+    def strings(self, ptrs: list[int], limit: int, total: int) -> list[bytes]:
+        """The strings at ``ptrs``, at most ``limit`` bytes each and ``total`` with their
+        NULs. Strings that lie within WINDOW bytes of each other (a shell's argv usually
+        does) come from one read; the others, and any cut short by it, are read alone."""
+        lo = min(ptrs, default=0)
+        span = max(ptrs, default=0) - lo + ARG_PROBE
+        window = self.read(lo, span) if lo and span <= WINDOW else b""
+        out: list[bytes] = []
+        used = 0
+        for ptr in ptrs:
+            at = ptr - lo
+            end = window.find(b"\0", at, at + limit + 1) if window else -1
+            arg = window[at:end] if end >= 0 else self.cstring(ptr, limit)
+            used += len(arg) + 1
+            if used > total:
+                raise Unreadable(f"argument list longer than {total} bytes")
+            out.append(arg)
+        return out
 
-@dataclass(frozen=True)
-class ExecArgs:
-    """An execve/execveat call as issued: ``dirfd`` is AT_FDCWD for execve."""
+
+class ExecArgs(NamedTuple):
+    """An execve/execveat call as issued: ``dirfd`` is AT_FDCWD for execve. (A NamedTuple:
+    built per exec on the supervisor's hot path.)"""
 
     dirfd: int
     path: bytes
@@ -128,14 +159,8 @@ def read_exec(tid: int, nr: int, args: tuple[int, ...]) -> ExecArgs:
         raise Unreadable(f"syscall {nr} is not an exec")
     with Memory(tid) as mem:
         path = mem.cstring(path_ptr, PATH_MAX)
-        argv: list[bytes] = []
-        total = 0
-        for ptr in mem.pointers(argv_ptr, MAX_ARGS):
-            arg = mem.cstring(ptr, MAX_ARG_STRLEN)
-            total += len(arg) + 1
-            if total > MAX_ARGV_BYTES:
-                raise Unreadable(f"argument list longer than {MAX_ARGV_BYTES} bytes")
-            argv.append(arg)
+        ptrs = mem.pointers(argv_ptr, MAX_ARGS)
+        argv = mem.strings(ptrs, MAX_ARG_STRLEN, MAX_ARGV_BYTES)
     return ExecArgs(dirfd, path, tuple(argv), flags)
 
 

@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any, NewType
 
 from agentsh.enforce.errors import LayerUnavailable, UsageError
+from agentsh.enforce.fuseconf import DEFAULT_TRASH_ROOT
 from agentsh.enforce.record import asdict, dataclass, field, replace
 
-DEFAULT_TRASH_ROOT = Path("/var/lib/agentsh/trash")
 FORMAT = 1
 PENDING_GRACE_S = 3600.0  # an incomplete entry younger than this may be a stash in progress
 Token = NewType("Token", str)

@@ -246,11 +246,13 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from agentsh.enforce import config, loader
+    from agentsh.enforce import config, fuseconf, landlock, loader
     from agentsh.shell import run
 
     cfg_path = args.config or Path("/") / run.CONFIG_FILE
     cfg = config.load_config(cfg_path)
+    landlock.settings(cfg)  # the layers' own sections: errors name file, line and key
+    fuseconf.settings(cfg)
     path = args.file or config.locate_policy(cfg) or config.builtin_policy_path()
     policy = loader.load(path, run.policy_variables(os.getcwd()))
     for warning in cfg.warnings:

@@ -10,6 +10,7 @@ persist because it is one bash process.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import signal
@@ -22,7 +23,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import InMemoryHistory
 
 from agentsh.enforce import plan
-from agentsh.enforce.errors import Blocked
+from agentsh.enforce.errors import AgentshError, Blocked, LayerUnavailable
 from agentsh.enforce.policy import Decision
 from agentsh.enforce.record import replace
 from agentsh.shell import run
@@ -33,18 +34,44 @@ from agentsh.shell.invocation import Invocation
 _EPILOGUE = '__agentsh_rc=$?; printf "%d\\n" "$__agentsh_rc" >&{fd}; (exit "$__agentsh_rc")\n'
 
 
+def _govern(watch: plan.Supervision, real: str) -> None:
+    """In the child, before it execs bash: every layer of the plan (the message of a
+    failure goes to stderr here: subprocess keeps only that the child failed)."""
+    try:
+        plan.govern_tree(watch, first_exec=real)
+    except AgentshError as err:
+        sys.stderr.write(err.render() + "\n")
+        raise
+
+
 class _Bash:
     """One bash.real reading approved lines from a pipe; statuses come back on another."""
 
-    def __init__(self, real: str, argv0: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, real: str, argv0: str, env: dict[str, str], watch: plan.Supervision | None
+    ) -> None:
+        """Start bash, governed by ``watch`` (None: an outer supervisor already governs
+        this process). Only bash and what it runs are governed: the layers are applied in
+        the child between fork and exec, so this prompt stays outside the Landlock domain
+        and the file monitor (it writes the audit store, which both protect).
+
+        Raises:
+            LayerUnavailable: bash could not be governed (it did not start); the reason
+                is on stderr.
+        """
         status_r, status_w = os.pipe()
-        self.proc = subprocess.Popen(
-            [argv0, "-s"],
-            executable=real,
-            stdin=subprocess.PIPE,
-            env=env,
-            pass_fds=(status_w,),
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [argv0, "-s"],
+                executable=real,
+                stdin=subprocess.PIPE,
+                env=env,
+                pass_fds=(status_w,),
+                # No thread runs yet: the prompt (and its threads) start after bash.
+                preexec_fn=None if watch is None else functools.partial(_govern, watch, real),  # noqa: PLW1509
+            )
+        except subprocess.SubprocessError as err:  # what a preexec_fn failure becomes
+            raise LayerUnavailable(f"bash could not be governed: {err}") from err
         os.close(status_w)
         self.epilogue = _EPILOGUE.format(fd=status_w)
         self.status = os.fdopen(status_r, "r")
@@ -133,14 +160,11 @@ def serve(inv: Invocation, real: str) -> NoReturn:
     # Supervise this process before bash starts, so bash and everything it runs are
     # governed; this prompt itself never execs anything but bash and `bash -n`.
     watch = run.supervision(settings, sid)
-    if watch is not None:
-        if watch.limits is not None:
-            # command_timeout is per command: here it would end the whole session.
-            watch = replace(watch, limits=replace(watch.limits, command_timeout_s=None))
-        plan.govern_tree(watch, first_exec=real)
-    bash = _Bash(
-        real, inv.argv0.lstrip("-") or "bash", run.filter_environment(settings, os.environ).env
-    )
+    if watch is not None and watch.limits is not None:
+        # command_timeout is per command: here it would end the whole session.
+        watch = replace(watch, limits=replace(watch.limits, command_timeout_s=None))
+    env = run.filter_environment(settings, os.environ).env
+    bash = _Bash(real, inv.argv0.lstrip("-") or "bash", env, watch)
     session: PromptSession[str] = PromptSession(history=InMemoryHistory())
     # After bash started (it keeps the default disposition): Ctrl-C belongs to the
     # running command, never to this prompt.

@@ -16,8 +16,20 @@ from typing import NoReturn
 
 # Not enforce.config / enforce.loader: they import the YAML stack, which only a settings
 # cache miss needs (enforce.snapshot imports them then).
-from agentsh.enforce import audit, engine, envfilter, govern, plan, seccomp, snapshot
-from agentsh.enforce.errors import Blocked, InternalError
+from agentsh.enforce import (
+    audit,
+    engine,
+    envfilter,
+    filemon,
+    fuseconf,
+    govern,
+    landlock,
+    plan,
+    seccomp,
+    snapshot,
+)
+from agentsh.enforce.errors import Blocked, InternalError, PolicyError
+from agentsh.enforce.landlock import LandlockConfig, Ruleset
 from agentsh.enforce.policy import Decision, Policy, Verdict
 from agentsh.enforce.record import dataclass, replace
 from agentsh.shell import parse, precheck, supervise
@@ -42,11 +54,34 @@ class Settings:
     capabilities_allow: tuple[str, ...] | None = None  # config capabilities.allow
     ptrace_enabled: bool = False  # config sandbox.ptrace.enabled
     hardening: tuple[tuple[str, bool], ...] = ()  # config sandbox.seccomp.hardening
+    landlock: LandlockConfig = LandlockConfig()  # the config's section
+    ruleset: Ruleset | None = None  # compiled when the settings were loaded
+    fuse: fuseconf.FuseSettings = fuseconf.FuseSettings()  # config sandbox.fuse
+    monitor: filemon.MonitorConfig = filemon.MonitorConfig()  # sandbox.seccomp.file_monitor
 
 
-# The project root when the shell starts in "/": a path that exists nowhere, so rules on
-# ${PROJECT_ROOT}/** match nothing (never "/**").
+# The project root when the shell starts in "/" or a system tree: a path that exists
+# nowhere, so rules on ${PROJECT_ROOT}/** match nothing (never "/**" or "/etc/**").
 NO_PROJECT = "/nonexistent/agentsh-no-project"
+# Trees that are never a project: a shell started in one of them, in a directory beneath,
+# or in one of their ancestors (/, /var) has no project. Policies grant writes to the
+# project; the cwd of `cd /etc && bash -c ...` must not make /etc writable.
+SYSTEM_TREES = (
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+    "/proc", "/sys", "/dev", "/run", "/var/lib", "/var/cache", "/var/log", "/var/spool",
+    "/var/backups", "/var/mail", "/snap",
+)  # fmt: skip
+
+
+def project_root(cwd: str) -> str:
+    """The project a shell started in ``cwd`` works on: ``cwd`` itself, or
+    :data:`NO_PROJECT` when ``cwd`` is, contains or lies inside a system tree."""
+    path = "/" + os.path.normpath(cwd).lstrip("/")  # normpath keeps a leading "//"
+    inside = path.rstrip("/") + "/"
+    for tree in SYSTEM_TREES:
+        if path == tree or path.startswith(tree + "/") or tree.startswith(inside):
+            return NO_PROJECT
+    return path if path != "/" else NO_PROJECT
 
 
 def policy_variables(cwd: str) -> dict[str, str]:
@@ -54,14 +89,15 @@ def policy_variables(cwd: str) -> dict[str, str]:
 
     HOME comes from the password database, not the caller's environment, and TMPDIR is
     fixed: a caller who sets HOME=/x or TMPDIR=/etc must not move a rule. A shell started
-    in ``/`` has no project: PROJECT_ROOT and WORKSPACE then name a path that never exists.
+    in ``/`` or a system tree has no project (:func:`project_root`): PROJECT_ROOT and
+    WORKSPACE then name a path that never exists.
     """
     try:
         entry = pwd.getpwuid(os.getuid())
         home, user = entry.pw_dir, entry.pw_name
     except KeyError:
         home, user = NO_PROJECT, str(os.getuid())
-    project = cwd if cwd != "/" else NO_PROJECT
+    project = project_root(cwd)
     return {
         "HOME": home if home != "/" else NO_PROJECT,
         "PROJECT_ROOT": project,
@@ -106,6 +142,10 @@ def load_settings(
         capabilities_allow=snap.capabilities_allow,
         ptrace_enabled=snap.ptrace_enabled,
         hardening=snap.hardening,
+        landlock=snap.landlock,
+        ruleset=snap.ruleset,
+        fuse=snap.fuse,
+        monitor=snap.monitor,
     )
 
 
@@ -299,6 +339,9 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
     if govern.is_governed():
         return None
     policy = settings.policy
+    abi, monitor = landlock.probe().abi, settings.monitor.enabled
+    ruleset = snapshot.ruleset(policy, settings.landlock, settings.ruleset, abi, monitor=monitor)
+    view, refused = workspace(settings, session)
     return plan.Supervision(
         checker_factory=lambda: supervise.make_checker(policy),
         sink_factory=lambda: _audit_sink(settings),
@@ -307,6 +350,81 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
         capabilities_allow=settings.capabilities_allow,
         backend=backend(settings),
         hardening=govern.Hardening(**dict(settings.hardening)),
+        landlock=ruleset,
+        soft_delete=view,
+        signals=signal_checker(settings),
+        files=file_monitor(settings, ruleset, view, refused),
+    )
+
+
+def signal_checker(settings: Settings) -> engine.SignalChecker:
+    """The supervisor's signal judge: the policy's ``signal_rules``.
+
+    Raises:
+        PolicyError: the policy has signal rules but the config turns signal supervision
+            off (``sandbox.seccomp.hardening.signals``): they would not be enforced.
+    """
+    policy = settings.policy
+    if policy.signal_rules and not dict(settings.hardening).get("signals", True):
+        first = policy.signal_rules[0]
+        why = (
+            "sandbox.seccomp.hardening.signals is off in the config, so these rules would "
+            "not be enforced; turn it on or remove signal_rules"
+        )
+        raise PolicyError(policy.source, first.line, "signal_rules", why)
+    return engine.signal_checker(policy)
+
+
+def workspace(settings: Settings, session: str) -> tuple[plan.SoftDelete | None, tuple[str, ...]]:
+    """The soft-delete workspace for a new governed tree, and the trees where deletes are
+    refused instead. The FUSE view of the project (the shell's directory) is mounted when
+    ``sandbox.fuse`` asks for it, FUSE works here, and the policy lets deletes through
+    there at all (where they are refused, there is nothing to make recoverable). Without
+    FUSE the config decides (``fuseconf.choose``): refuse the command, refuse deletes in
+    the project (the file monitor does), or let them happen.
+
+    Raises:
+        LayerUnavailable: the config requires FUSE and this machine cannot mount it.
+    """
+    if not settings.fuse.enabled:
+        return None, ()
+    choice = fuseconf.choose(settings.fuse, fuseconf.probe())
+    fuseconf.require(choice)
+    project = policy_variables(os.getcwd())["PROJECT_ROOT"]
+    policy = settings.policy
+    if project == NO_PROJECT:
+        return None, ()
+    if choice.action is fuseconf.Action.DENY_DELETES:
+        return None, (project,)
+    if choice.action is not fuseconf.Action.MOUNT:
+        return None, ()
+    if not engine.check_file(policy, "delete", os.path.join(project, "x")).allowed:
+        return None, ()
+    view = plan.SoftDelete(
+        workspace=project,
+        session=session,
+        mode=settings.fuse.mode,
+        decide=lambda op, path: engine.check_file(policy, op, path),
+        sink_factory=lambda: _audit_sink(settings),
+    )
+    return view, ()
+
+
+def file_monitor(
+    settings: Settings,
+    ruleset: Ruleset | None,
+    view: plan.SoftDelete | None,
+    refused: tuple[str, ...],
+) -> filemon.Plan | None:
+    """What the notify file monitor traps for this tree (None: nothing). Without a FUSE
+    view, the monitor carries out ``soft_delete`` rules itself, into the trash store."""
+    return filemon.plan(
+        settings.policy,
+        settings.monitor,
+        landlock=ruleset,
+        protected=settings.landlock.protected,
+        trash=None if view is not None else str(fuseconf.DEFAULT_TRASH_ROOT),
+        refuse_deletes=refused,
     )
 
 

@@ -39,18 +39,31 @@ from agentsh.shell import parse, precheck, quoting, wrappers
 CACHE_SIZE = 4096
 
 
+class _Checker:
+    """``make_checker``'s result. ``pure``: the verdict is a function of the request's
+    ``path``, ``raw_path``, ``argv`` and ``trusted_alias`` alone (never of its pid, cwd
+    or depth), so the supervisor may reuse an allow for an identical exec of the same,
+    unchanged file (``enforce.fastpath``)."""
+
+    pure = True
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.judge = functools.lru_cache(maxsize=CACHE_SIZE)(self._judge)
+
+    def _judge(
+        self, granting: tuple[str, ...], others: tuple[str, ...], args: tuple[str, ...]
+    ) -> Verdict:
+        return _judge_names(self.policy, granting, others, args)
+
+    def __call__(self, req: ExecRequest) -> Verdict:
+        granting, others = names(req, self.policy)
+        return self.judge(granting, others, req.argv[1:])
+
+
 def make_checker(policy: Policy) -> Callable[[ExecRequest], Verdict]:
     """The checker for ``policy`` (see the module docstring)."""
-
-    @functools.lru_cache(maxsize=CACHE_SIZE)
-    def judge(granting: tuple[str, ...], others: tuple[str, ...], args: tuple[str, ...]) -> Verdict:
-        return _judge_names(policy, granting, others, args)
-
-    def checker(req: ExecRequest) -> Verdict:
-        granting, others = names(req, policy)
-        return judge(granting, others, req.argv[1:])
-
-    return checker
+    return _Checker(policy)
 
 
 def names(req: ExecRequest, policy: Policy) -> tuple[tuple[str, ...], tuple[str, ...]]:

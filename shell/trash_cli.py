@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agentsh.enforce.errors import UsageError
-from agentsh.enforce.trash import DEFAULT_TRASH_ROOT, Entry, Trash, manifest_json
+from agentsh.enforce.fuseconf import DEFAULT_TRASH_ROOT
+from agentsh.enforce.trash import Entry, Trash, manifest_json
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")

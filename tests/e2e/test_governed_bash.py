@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,33 @@ def _audit_down(project: str) -> dict[str, Any]:
         Path(project, "squatted.db").rmdir()
 
 
+def _cgroup_of_governed_sleep(project: str) -> dict[str, Any]:
+    """The cgroup of a governed ``bash -c 'exec sleep'``, read from outside the tree (some
+    seeds refuse reading /proc, /proc/self included, inside it)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C"}
+    proc = subprocess.Popen(
+        ["/bin/bash", "-c", "exec sleep 30"],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    found: dict[str, Any] = {"rc": None, "out": b"", "err": "sleep never ran governed: "}
+    try:
+        for _ in range(200):  # the frontend execs bash in place, which execs sleep
+            if os.path.realpath(f"/proc/{proc.pid}/exe").endswith("/sleep"):
+                found = {"rc": 0, "out": Path(f"/proc/{proc.pid}/cgroup").read_bytes(), "err": ""}
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        found["err"] += proc.communicate()[1].decode(errors="replace")
+    return found
+
+
 def _with_seed(seed: Path, project: str) -> dict[str, Any]:
     pol = Path("/etc/agentsh/policies")
     pol.mkdir(parents=True, exist_ok=True)
@@ -232,7 +260,7 @@ def _with_seed(seed: Path, project: str) -> dict[str, Any]:
         return {
             "sudo": _run(["/bin/bash", "-c", "sudo whoami"], project),
             "echo": _run(["/bin/bash", "-c", "echo ok"], project),
-            "cgroup": _run(["/bin/bash", "-c", "cat /proc/self/cgroup"], project),
+            "cgroup": _cgroup_of_governed_sleep(project),
         }
     finally:
         (pol / "default.yaml").unlink()

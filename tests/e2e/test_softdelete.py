@@ -19,17 +19,18 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agentsh.enforce import audit, config, engine, loader, softdelete
+from agentsh.enforce import audit, config, engine, fuseconf, loader, softdelete
 from agentsh.enforce.errors import LayerUnavailable, PolicyError
+from agentsh.enforce.fuseconf import Action, FuseSettings, Mode, Support
 from agentsh.enforce.policy import Decision, Verdict
-from agentsh.enforce.softdelete import Action, FuseSettings, Mode, SoftDeletePlan, Support
+from agentsh.enforce.softdelete import SoftDeletePlan
 from agentsh.enforce.trash import Trash
 from agentsh.install import overlay
 from agentsh.shell import trash_cli
 
 T = TypeVar("T")
 SEEDS = Path(__file__).resolve().parent.parent / "fixtures" / "seed-policies"
-_WHY = overlay.probe() or (None if softdelete.probe().usable else softdelete.probe().reason)
+_WHY = overlay.probe() or (None if fuseconf.probe().usable else fuseconf.probe().reason)
 needs_fuse = pytest.mark.skipif(_WHY is not None, reason=f"FUSE view unavailable: {_WHY}")
 
 
@@ -418,10 +419,10 @@ _PRESENT = Support(True, True, True, True)
     ],
 )
 def test_seed_configs(seed: str, enabled: bool, mode: Mode, without_fuse: Action) -> None:
-    s = softdelete.settings(config.load_config(SEEDS / seed / "config.yaml"))
+    s = fuseconf.settings(config.load_config(SEEDS / seed / "config.yaml"))
     assert (s.enabled, s.mode) == (enabled, mode)
-    assert softdelete.choose(s, _MISSING).action is without_fuse
-    assert softdelete.choose(s, _PRESENT).action is (Action.MOUNT if enabled else Action.OFF)
+    assert fuseconf.choose(s, _MISSING).action is without_fuse
+    assert fuseconf.choose(s, _PRESENT).action is (Action.MOUNT if enabled else Action.OFF)
 
 
 @pytest.mark.parametrize(
@@ -436,24 +437,24 @@ def test_seed_configs(seed: str, enabled: bool, mode: Mode, without_fuse: Action
     ],
 )
 def test_without_fuse_the_config_decides(s: FuseSettings, action: Action) -> None:
-    choice = softdelete.choose(s, _MISSING)
+    choice = fuseconf.choose(s, _MISSING)
     assert choice.action is action
     assert "FUSE unavailable" in choice.reason
     if action is Action.REFUSE:
         with pytest.raises(LayerUnavailable, match="soft-delete workspace"):
-            softdelete.require(choice)
+            fuseconf.require(choice)
     else:
-        softdelete.require(choice)
+        fuseconf.require(choice)
 
 
 def test_bad_mode_names_file_line_and_key(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("sandbox:\n  fuse:\n    enabled: true\n    audit:\n      mode: trash\n")
     with pytest.raises(PolicyError, match=r"config\.yaml:5: sandbox\.fuse\.audit\.mode"):
-        softdelete.settings(config.load_config(path))
+        fuseconf.settings(config.load_config(path))
     path.write_text("sandbox:\n  fuse:\n    enabled: 'yes'\n")
     with pytest.raises(PolicyError, match=r"sandbox\.fuse\.enabled: must be a bool"):
-        softdelete.settings(config.load_config(path))
+        fuseconf.settings(config.load_config(path))
 
 
 def test_the_trash_may_not_live_in_the_workspace(tmp_path: Path, ws: Path) -> None:

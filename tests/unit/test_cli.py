@@ -121,7 +121,7 @@ def test_validate_prints_config_warnings(
     code, _, err = _main(["policy", "validate", "--config", str(config), str(policy)], capsys)
     assert code == 0
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert any("sandbox.fuse.enabled" in w for w in warnings)
+    assert any("sandbox.fuse.deferred_marker_file" in w for w in warnings)
     assert len(warnings) == len(set(warnings)), "one warning per key"
 
 
@@ -225,3 +225,17 @@ def test_exec_supervises_what_the_command_starts(tmp_path: Path) -> None:
     denied = [(e.session, e.argv) for e in store.query(decision="deny")]
     store.close()
     assert denied == [("demo", ("sh", "-c", "sudo id"))]
+
+
+def test_validate_checks_the_layer_sections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sandbox:\n  fuse:\n    enabled: true\n    audit:\n      mode: shred\n")
+    code, _, err = _main(["policy", "validate", "--config", str(config)], capsys)
+    assert code == 2
+    assert f"{config}:5: sandbox.fuse.audit.mode" in err
+    config.write_text("landlock:\n  enabled: true\n  allow_write: [relative/dir]\n")
+    code, _, err = _main(["policy", "validate", "--config", str(config)], capsys)
+    assert code == 2
+    assert f"{config}:3: landlock.allow_write" in err

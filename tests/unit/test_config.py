@@ -116,26 +116,30 @@ def test_hardening_switches(tmp_path: Path) -> None:
 
 def test_exe_dev_warning_count_is_exact() -> None:
     # Counted by hand from exe.dev/config.yaml: server 6, auth 1, logging 3, sessions 5,
-    # sandbox 25 (enabled, allow_degraded, limits 3, fuse 5, network 3, cgroups 1,
-    # seccomp 4, ptrace 6, unix_sockets 1), landlock 4, security 2,
+    # sandbox 18 (enabled, limits 3, fuse 2 (deferred_marker_file, deferred_enable_command),
+    # network 3, cgroups 1, seccomp 2 (enabled, execve.enabled),
+    # ptrace 5 (all but enabled and trace.file), unix_sockets 1), security 2,
     # proxy 3, dlp 3, approvals 2 (mode, timeout), metrics 2, health 2, development 2.
     # Not warned: audit.enabled, audit.storage.sqlite_path, policies.dir,
-    # policies.default_policy, approvals.enabled, capabilities.allow, sandbox.ptrace.enabled.
+    # policies.default_policy, approvals.enabled, capabilities.allow, sandbox.ptrace.enabled,
+    # landlock.* (read by enforce.landlock.settings), sandbox.allow_degraded,
+    # sandbox.fuse.{enabled,deferred,audit.mode} (read by enforce.fuseconf.settings),
+    # sandbox.seccomp.file_monitor.* and sandbox.ptrace.trace.file (enforce.filemon.settings).
     cfg = load_config(SEEDS / "exe.dev" / "config.yaml")
-    assert len(cfg.warnings) == 59
+    assert len(cfg.warnings) == 48
     assert cfg.ptrace_enabled
     assert cfg.capabilities_allow == ()
     named = {WARNING.match(w)["key"] for w in cfg.warnings}  # type: ignore[index]
     assert {
-        "sandbox.fuse.enabled",
+        "sandbox.fuse.deferred_marker_file",
         "sandbox.ptrace.trace.execve",  # only the whole switch is implemented
-        "landlock.allow_write",
         "dlp.custom_patterns",
         "proxy.providers",
         "development.verbose_errors",
     } <= named
-    assert "sandbox.fuse.enabled" in named
+    assert "sandbox.fuse.enabled" not in named
     assert "sandbox.fuse" not in named
+    assert not any(key.startswith("landlock") for key in named)
 
 
 def test_seed_config_values() -> None:

@@ -392,3 +392,25 @@ def test_stricter_examples() -> None:
     assert stricter(env_allow, sudo_deny) is sudo_deny
     assert stricter(sudo_deny, env_allow) is sudo_deny
     assert stricter(Verdict(APPROVE, "a", ""), Verdict(Decision.REDIRECT, "r", "")).rule == "a"
+
+
+def test_open_and_read_name_the_same_act() -> None:
+    # exe.dev lists only "read" for /etc/ld.so.cache: the dynamic loader's open must pass,
+    # and a rule that denies "read" of a secret also refuses opening it.
+    policy = Policy(
+        1,
+        "t",
+        "<code>",
+        file_rules=(
+            FileRule("deny-read-secret", ("/s/**",), ("read",), Decision.DENY),
+            FileRule("etc-read", ("/etc/ld.so.cache",), ("read", "stat"), Decision.ALLOW),
+            FileRule("dirs", ("/d",), ("list",), Decision.ALLOW),
+            FileRule("rest", ("**",), ("*",), Decision.DENY),
+        ),
+    )
+    assert check_file(policy, "open", "/etc/ld.so.cache").rule == "etc-read"
+    assert check_file(policy, "open", "/etc/ld.so.cache").allowed
+    assert check_file(policy, "open", "/d").rule == "dirs"
+    assert check_file(policy, "open", "/s/key").rule == "deny-read-secret"
+    assert not check_file(policy, "open", "/s/key").allowed
+    assert check_file(policy, "write", "/etc/ld.so.cache").rule == "rest"  # no synonym

@@ -59,9 +59,9 @@ ERRORS = [
     ),
     (
         "anchor-only-section",
-        "version: 1\nname: t\nsignal_rules: []\n",
+        "version: 1\nname: t\nunix_socket_rules: []\n",
         3,
-        "signal_rules",
+        "unix_socket_rules",
         "not supported yet",
     ),
     (

@@ -1,0 +1,529 @@
+"""The notify file monitor, handler half: answers the file syscalls ``filemon.plan``
+traps, inside the exec supervisor (``Supervisor.handle_one`` hands them to
+:meth:`Monitor.handle`), for both transports (user-notify and ptrace).
+
+For each call, in this order:
+
+  1. read the path argument(s) (and openat2's ``open_how``) from the tracee with
+     process_vm_readv(2) (``enforce.filecalls``) — unreadable memory fails the call as the
+     kernel would (EFAULT), memory we may not read (a non-dumpable process) is refused;
+  2. resolve each path as the tracee's kernel will (``filecalls.resolve``: its root, cwd
+     or dirfd, symlinks, ``..``, ``/proc/self`` and ``/proc/PID/{root,cwd,fd}`` as the
+     tracee's) to its canonical path. An error the resolution meets (ENOENT, ENOTDIR,
+     ELOOP) is the one the kernel would give: the call fails with it and never runs;
+  3. decide on the canonical path with ``engine.check_file`` for every operation the call
+     performs (the strictest verdict wins); a regular file with more than one link that
+     is a protected file found at start (same device and inode) is also judged under its
+     protected name; writes into agentsh's state are refused; renaming or hard-linking a
+     path out of a read protection is refused (``filemon.shields``). ``approve`` is a deny
+     (nobody to ask in the tree); ``audit`` allows and records an event;
+  4. answer: EACCES, one line on the process's stderr and an audit event naming the rule;
+     or, for an allowed read-only open of a regular file or directory when the process's
+     credentials equal the supervisor's (so the supervisor can open nothing the process
+     could not), open the very file checked and inject it (SECCOMP_IOCTL_NOTIF_ADDFD with
+     SEND: the fd is the syscall's result, so no path is looked up again); or, for an
+     unlink/rmdir a ``soft_delete`` rule decides when the plan names a trash store, move
+     the entry there (``enforce.trash``) through the directory fd just checked and answer
+     0; otherwise CONTINUE.
+
+CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
+can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
+lookup. Under ptrace (no ADDFD) an allowed open is stopped again at its exit and the fd it
+returned is judged: a refused file kills the process before it runs another instruction
+(:meth:`Monitor.opened`). Writes stay behind Landlock whatever the monitor answered. What
+remains open: under user-notify, opens that are not emulated (writes, procfs, devices, a
+process whose credentials differ from the supervisor's) and the non-open calls (unlink,
+rename, chmod, ...) keep the window; so do the non-open calls under ptrace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import shlex
+import signal
+import stat as _stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from agentsh.enforce import audit, engine, filemon, seccomp, tracee
+from agentsh.enforce.filecalls import (
+    CRED_FIELDS,
+    LINKED,
+    RESOLVE_IN_ROOT,
+    Item,
+    Refused,
+    Target,
+    credentials,
+    open_call,
+    open_parent,
+    path_items,
+    proc_dev,
+    protected_inodes,
+    resolve,
+    resolve_open,
+)
+from agentsh.enforce.policy import Decision, FileRule, Policy, Verdict
+from agentsh.enforce.trash import StashError, Trash
+
+if TYPE_CHECKING:
+    from agentsh.enforce.supervisor import Supervisor
+
+CACHE_MAX: Final = 65536
+STATUS_FDS_MAX: Final = 512
+_REOPEN_DROP: Final = filemon.O_NOFOLLOW | filemon.O_CREAT | filemon.O_EXCL | filemon.O_TRUNC
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# --------------------------------------------------------------------------- deciding
+
+
+_ALLOWED: Final = Verdict(Decision.ALLOW, None, "allowed")
+
+
+class FastRules:
+    """``engine.check_file`` for canonical paths, fast where it allows: per operation,
+    one regex alternation of the rules covering it, in file order, one named group per
+    rule, so the group that matched is the first matching rule (first match wins). An
+    allowing rule or default answers with a shared ALLOW verdict; any other outcome asks
+    ``engine.check_file`` itself, so refusals carry the engine's exact verdict."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.compiled: dict[str, tuple[re.Pattern[str] | None, tuple[FileRule, ...]]] = {}
+
+    def _for(self, op: str) -> tuple[re.Pattern[str] | None, tuple[FileRule, ...]]:
+        found = self.compiled.get(op)
+        if found is None:
+            rules = tuple(r for r in self.policy.file_rules if engine.covers(r.operations, op))
+            body = "|".join(
+                f"(?P<r{i}>" + "|".join(f"(?:{engine.path_glob_source(p)})" for p in r.paths) + ")"
+                for i, r in enumerate(rules)
+            )
+            found = self.compiled[op] = (re.compile(body, re.DOTALL) if rules else None, rules)
+        return found
+
+    def check(self, op: str, path: str) -> Verdict:
+        """The verdict ``engine.check_file(policy, op, path)`` gives (``path`` canonical)."""
+        pattern, rules = self._for(op)
+        m = pattern.fullmatch(path) if pattern is not None else None
+        if m is not None and m.lastgroup is not None:
+            decision = rules[int(m.lastgroup[1:])].decision
+        else:
+            fallback = Decision.ALLOW if op in engine.READ_OPERATIONS else Decision.DENY
+            decision = self.policy.file_default or fallback
+        if decision is Decision.ALLOW:
+            return _ALLOWED
+        return engine.check_file(self.policy, op, path)
+
+
+# --------------------------------------------------------------------------- the monitor
+
+
+class Monitor:
+    """Answers the trapped file calls of one governed tree (module docstring).
+
+    ``inject``: the transport can inject fds (user-notify). ``check_exits``: it can stop
+    an allowed open at its exit (ptrace, which cannot inject): the opened fd is then
+    checked again (:meth:`opened`), which closes the window CONTINUE leaves.
+    Built in the supervisor process: it reads the protected files' inodes there.
+    """
+
+    def __init__(self, plan: filemon.Plan, *, inject: bool, check_exits: bool = False) -> None:
+        self.plan = plan
+        self.trapped = plan.syscalls
+        self.inject = inject and plan.emulate
+        self.check_exits = check_exits
+        # tid -> (operations, writes, device, inode) of an allowed open awaiting its exit.
+        self.exits: dict[int, tuple[tuple[str, ...], bool, int, int]] = {}
+        self.verdicts: dict[tuple[str, str], Verdict] = {}
+        self.rules = FastRules(plan.policy)
+        self.inodes = protected_inodes(plan.policy)
+        self.creds = credentials("self")
+        self.trash = Trash(Path(plan.trash)) if plan.trash is not None else None
+        self.status_fds: dict[int, int] = {}  # tid -> its /proc/TID/status (see _credentials)
+
+    def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
+        """Answer one trapped file call (``Supervisor.handle_one`` calls this)."""
+        try:
+            if note.nr in filemon.OPENS:
+                self._open(sup, note)
+            else:
+                self._path_call(sup, note)
+        except Refused as why:
+            self._refuse(sup, note, "?", Verdict(Decision.DENY, why.rule, why.why))
+        except OSError as err:  # what the kernel itself would answer (ENOENT, EFAULT, ...)
+            sup.listener.fail(note.id, err.errno or errno.EACCES)
+        except Exception as err:  # noqa: BLE001 — one bad call must refuse, not end supervision
+            verdict = Verdict(Decision.DENY, "supervisor-error", f"the file check failed: {err!r}")
+            self._refuse(sup, note, "?", verdict)
+
+    # ------------------------------------------------------------------ opens
+
+    def _open(self, sup: Supervisor, note: seccomp.Notification) -> None:
+        tid = note.pid
+        dirfd, path, flags, resolve_flags = open_call(tid, note.nr, note.args)
+        if resolve_flags & RESOLVE_IN_ROOT:
+            why = "openat2 with RESOLVE_IN_ROOT cannot be checked by the file monitor"
+            raise Refused("file-openat2-in-root", why)
+        same = None if sup.views_changed else True
+        target = resolve_open(tid, dirfd, path, flags, same)
+        try:
+            st = target.st
+            directory = st is not None and _stat.S_ISDIR(st.st_mode)
+            ops = filemon.open_operations(flags, directory=directory, exists=st is not None)
+            verdict = self.judge(ops, target, write=filemon.writes(flags), tid=tid)
+            if not verdict.allowed and not filemon.writes(flags):
+                verdict = system_read(self.plan.policy, verdict, target)
+            if not self._allowed(sup, note, f"{ops[-1]} {target.path}", verdict):
+                return
+            if target.fd is not None and self._emulable(tid, flags, target):
+                self._inject(sup, note, target.fd, flags)
+                return
+            if self.check_exits:
+                ids = (st.st_dev, st.st_ino) if st is not None else (-1, -1)
+                self.exits[tid] = (ops, filemon.writes(flags), *ids)
+            sup.listener.allow(note.id)
+        finally:
+            if target.fd is not None:
+                os.close(target.fd)
+
+    def _emulable(self, tid: int, flags: int, target: Target) -> bool:
+        """The supervisor may open this for the process: a read-only open of a regular
+        file or directory, and the same credentials. Not O_PATH: ADDFD refuses O_PATH
+        files (EBADF), and an O_PATH fd reads nothing — every later use of it (a reopen
+        through /proc/self/fd, a dirfd) is trapped and resolved again."""
+        if not self.inject or filemon.writes(flags) or flags & filemon.O_PATH:
+            return False
+        if target.st is None:
+            return False
+        mode = target.st.st_mode
+        kind_ok = _stat.S_ISREG(mode) or _stat.S_ISDIR(mode)
+        # procfs checks the *opener* against the process it describes (ptrace access,
+        # which Landlock scopes): the supervisor must never open those for the tree.
+        if not kind_ok or target.st.st_dev == proc_dev():
+            return False
+        return self._credentials(tid) == self.creds
+
+    def _credentials(self, tid: int) -> tuple[bytes, ...] | None:
+        """:func:`credentials` of a tracee, from a ``status`` fd kept per thread: pread
+        regenerates it, and the fd pins that very task (once it is gone, reads fail with
+        ESRCH, so a reused thread id gets a fresh fd), so it never describes another."""
+        fd = self.status_fds.get(tid)
+        for _ in range(2):
+            if fd is None:
+                if len(self.status_fds) >= STATUS_FDS_MAX:
+                    self._close_status_fds()
+                try:
+                    fd = self.status_fds[tid] = os.open(
+                        f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC
+                    )
+                except OSError:
+                    return None
+            try:
+                raw = os.pread(fd, 4096, 0)
+            except OSError:
+                raw = b""
+            if raw:
+                return tuple(ln for ln in raw.splitlines() if ln.startswith(CRED_FIELDS))
+            os.close(self.status_fds.pop(tid))
+            fd = None
+        return None
+
+    def _close_status_fds(self) -> None:
+        for fd in self.status_fds.values():
+            os.close(fd)
+        self.status_fds.clear()
+
+    def _inject(self, sup: Supervisor, note: seccomp.Notification, opath: int, flags: int) -> None:
+        """Open the checked file with the caller's flags and hand it over (ADDFD + SEND).
+        Opened non-blocking: an open that would wait (a lease held on the file) must not
+        stall the single-threaded supervisor, so it is left to the kernel (CONTINUE);
+        O_NONBLOCK is then cleared unless the caller asked for it."""
+        reopen = (flags & ~_REOPEN_DROP) | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            src = os.open(f"/proc/self/fd/{opath}", reopen)
+        except BlockingIOError:
+            sup.listener.allow(note.id)
+            return
+        except OSError as err:
+            sup.listener.fail(note.id, err.errno or errno.EACCES)
+            return
+        try:
+            if not flags & os.O_NONBLOCK:
+                fcntl.fcntl(src, fcntl.F_SETFL, fcntl.fcntl(src, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            addfd_send(sup.listener.fd, note.id, src, cloexec=bool(flags & os.O_CLOEXEC))
+        except OSError as err:
+            if err.errno != errno.ENOENT:  # ENOENT: the caller is gone
+                sup.listener.fail(note.id, err.errno or errno.EACCES)
+        finally:
+            os.close(src)
+
+    def checks_exit(self, tid: int) -> bool:
+        """The transport must stop ``tid`` at the exit of the open just allowed."""
+        return tid in self.exits
+
+    def opened(self, sup: Supervisor, tid: int, fd: int) -> None:
+        """At the exit of an open allowed for ``tid`` (ptrace): if the file it opened is
+        not the one checked (a symlink or directory swapped in between) and the policy
+        refuses it, kill the process before it returns to user space, tell and audit."""
+        ops, write, dev, ino = self.exits.pop(tid, ((), False, -1, -1))
+        if fd < 0 or not ops:
+            return
+        link = f"/proc/{tid}/fd/{fd}"
+        try:
+            target = Target(os.readlink(link), None, os.stat(link))
+        except OSError:
+            return  # the process is gone
+        assert target.st is not None
+        if (target.st.st_dev, target.st.st_ino) == (dev, ino):
+            return
+        verdict = self.judge(ops, target, write=write, tid=tid)
+        if verdict.allowed:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(tracee.tgid(tid), signal.SIGKILL)
+        what = f"{ops[-1]} {target.path}"
+        why = "the file changed between the check and the open; the process was killed: "
+        why += verdict.message
+        sup.tell(tid, f"agentsh: blocked by policy: {what} (rule {verdict.rule}): {why}")
+        event = _event(sup, tid, what, decision="deny", rule=verdict.rule, message=why)
+        sup.record(event, urgent=True)
+
+    # ------------------------------------------------------------------ other calls
+
+    def _path_call(self, sup: Supervisor, note: seccomp.Notification) -> None:
+        items = path_items(note.pid, note.nr, note.args)
+        same = None if sup.views_changed else True
+        for item in items:
+            target = resolve(note.pid, item, same)
+            if target.fd is not None:
+                os.close(target.fd)
+            verdict = self.judge(item.ops, target, write=item.ops != LINKED, tid=note.pid)
+            if item.source:
+                verdict = engine.stricter(verdict, self._shield(target.path))
+            verdict = engine.stricter(verdict, self._delete_refusal(item, target))
+            what = f"{item.ops[0]} {target.path}"
+            if not self._allowed(sup, note, what, verdict):
+                return
+            if self._soft(item, verdict) and self._credentials(note.pid) == self.creds:
+                self._soft_delete(sup, note, item, target, same)
+                return
+        sup.listener.allow(note.id)
+
+    def _delete_refusal(self, item: Item, target: Target) -> Verdict:
+        """DENY for a delete (or a rename over an entry) in a ``refuse_deletes`` tree."""
+        ops = item.ops
+        replacing = ops == ("rename",) and not item.source and target.st is not None
+        deleting = ops[0] in ("delete", "rmdir") or replacing
+        tree = next((t for t in self.plan.refuse_deletes if _under(target.path, t)), None)
+        if not deleting or tree is None:
+            return _ALLOWED
+        why = (
+            f"deletes in {tree} must be recoverable, but the soft-delete view (FUSE) is "
+            "not available here; ask the operator, or keep the file"
+        )
+        return Verdict(Decision.DENY, "soft-delete-unavailable", why, target.path)
+
+    def _soft(self, item: Item, verdict: Verdict) -> bool:
+        return (
+            self.trash is not None
+            and verdict.decision is Decision.SOFT_DELETE
+            and item.ops[0] in ("delete", "rmdir")
+        )
+
+    def _soft_delete(
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        item: Item,
+        target: Target,
+        same: bool | None,
+    ) -> None:
+        """Carry out a soft-deleted unlink/rmdir: move the entry into the trash through
+        the directory fd resolved now (its canonical path must still be the one judged:
+        else a swapped directory is refused), then answer 0 — the syscall never runs."""
+        assert self.trash is not None
+        up, name = open_parent(note.pid, item, same)
+        assert up.fd is not None
+        try:
+            if _join(up.path, name) != target.path:
+                raise OSError(errno.EACCES, "the directory changed during the check")
+            if item.ops[0] == "rmdir" and any(
+                os.scandir(f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}")
+            ):
+                raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+            token = self.trash.stash(
+                f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}",
+                session=sup.session,
+                command=_cmdline(note.pid),
+                original=target.path,
+                batch=f"{sup.session}-{tracee.tgid(note.pid)}",
+            )
+        except StashError as err:
+            sup.listener.fail(note.id, err.code)
+            return
+        finally:
+            os.close(up.fd)
+        why = f"moved {target.path} to the trash; restore with `agentsh trash restore {token}`"
+        event = _event(
+            sup,
+            note.pid,
+            f"{item.ops[0]} {target.path}",
+            decision="soft_delete",
+            rule=None,
+            message=why,
+        )
+        sup.record(event)
+        sup.listener.succeed(note.id, 0)
+
+    def _shield(self, path: str) -> Verdict:
+        rule = filemon.shields(self.plan.policy, path) if path.startswith("/") else None
+        if rule is None:
+            return Verdict(Decision.ALLOW, None, "no read protection reaches it", path)
+        why = f"moving or linking {path} would take files out of the protection of rule {rule.name}"
+        return Verdict(Decision.DENY, rule.name, why, path)
+
+    # ------------------------------------------------------------------ deciding
+
+    def check(self, op: str, path: str) -> Verdict:
+        """``engine.check_file`` remembered per (operation, path): the policy is frozen."""
+        key = (op, path)
+        hit = self.verdicts.get(key)
+        if hit is None:
+            if len(self.verdicts) >= CACHE_MAX:
+                self.verdicts.clear()
+            hit = self.verdicts[key] = self.rules.check(op, path)
+        return hit
+
+    def judge(self, ops: tuple[str, ...], target: Target, *, write: bool, tid: int) -> Verdict:
+        """The strictest verdict over ``ops`` on the target, its protected twin (a hard
+        link to a protected inode) and agentsh's state; approve becomes deny. The
+        caller's own /proc/PID entries are judged as /proc/self (what policies name)."""
+        path = target.path
+        if not path.startswith("/"):  # pipe:[…], socket:[…], anon_inode:…: not a file path
+            return Verdict(Decision.ALLOW, None, "not a file system path", path)
+        names = [_proc_self(path, tid)]
+        st = target.st
+        if st is not None and _stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            twin = self.inodes.get((st.st_dev, st.st_ino))
+            names += [twin] if twin is not None and twin != path else []
+        verdicts = [self.check(op, name) for op in ops for name in names]
+        if write and any(_under(path, p) for p in self.plan.protected):
+            why = f"{path} is agentsh's own state and cannot be changed from a governed shell"
+            verdicts.append(Verdict(Decision.DENY, "agentsh-state", why, path))
+        verdict = verdicts[0]
+        for other in verdicts[1:]:
+            verdict = engine.stricter(verdict, other)
+        return engine.resolve_approval(verdict, approver_available=False)
+
+    def _allowed(
+        self, sup: Supervisor, note: seccomp.Notification, what: str, verdict: Verdict
+    ) -> bool:
+        """Refuse (EACCES, stderr, audit) and return False, or audit as needed and return
+        True. Not enforcing: a refusal is recorded as an ``audit`` event instead."""
+        if verdict.allowed and verdict.decision is not Decision.AUDIT:
+            return True
+        if verdict.decision is Decision.AUDIT and sup.audit_down is not None:
+            verdict = Verdict(Decision.DENY, "audit-unavailable", sup.audit_down, verdict.subject)
+        if verdict.allowed or not self.plan.enforce:
+            message = verdict.message if verdict.allowed else f"not enforced: {verdict.message}"
+            sup.record(
+                _event(sup, note.pid, what, decision="audit", rule=verdict.rule, message=message)
+            )
+            return True
+        self._refuse(sup, note, what, verdict)
+        return False
+
+    def _refuse(self, sup: Supervisor, note: seccomp.Notification, what: str, v: Verdict) -> None:
+        rule = v.rule or "default-deny"
+        sup.tell(note.pid, f"agentsh: blocked by policy: {what} (rule {rule}): {v.message}")
+        sup.record(
+            _event(sup, note.pid, what, decision="deny", rule=v.rule, message=v.message),
+            urgent=True,
+        )
+        sup.listener.fail(note.id, errno.EACCES)
+
+
+# System trees whose world-readable files a catch-all rule does not hide (system_read).
+SYSTEM_READABLE: Final = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+_CATCH_ALL: Final = frozenset({"**", "/**"})
+
+
+def system_read(policy: Policy, verdict: Verdict, target: Target) -> Verdict:
+    """Opening a world-readable file or directory of a system tree for reading, refused
+    only by a catch-all rule (every path ``**``), is allowed: what every local user may
+    read is no secret, and tools read such files at start-up (git's /etc/gitconfig,
+    OpenSSL's openssl.cnf, pip's /etc/xdg/pip/pip.conf) — the seed policies' "deny
+    everything else" rules list a few of them and would break the rest. A rule that
+    names the path (``/etc/shadow``, ``/proc/**``) still refuses it; ``verdict`` is
+    returned unchanged then."""
+    st = target.st
+    rule = next((r for r in policy.file_rules if r.name == verdict.rule), None)
+    if (
+        st is None
+        or not st.st_mode & _stat.S_IROTH
+        or not (_stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode))
+        or rule is None
+        or not set(rule.paths) <= _CATCH_ALL
+        or not any(_under(target.path, tree) for tree in SYSTEM_READABLE)
+    ):
+        return verdict
+    why = f"{target.path} is readable by every user; catch-all rule {rule.name} does not hide it"
+    return Verdict(Decision.ALLOW, None, why, target.path)
+
+
+def _proc_self(path: str, tid: int) -> str:
+    """``path`` with the caller's own ``/proc/TGID`` (resolved from /proc/self) written
+    as ``/proc/self``: a rule on /proc/self/** means the process's own entries."""
+    if not path.startswith("/proc/"):
+        return path
+    own = f"/proc/{tracee.tgid(tid)}"
+    if path == own or path.startswith(own + "/"):
+        return "/proc/self" + path[len(own) :]
+    return path
+
+
+def _join(parent: str, name: bytes) -> str:
+    return parent.rstrip("/") + "/" + os.fsdecode(name)
+
+
+def _cmdline(tid: int) -> str:
+    raw = tracee.read_proc(b"/proc/%d/cmdline" % tid) or b""
+    return shlex.join(os.fsdecode(a) for a in raw.split(b"\0")[:-1]) or f"pid {tid}"
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _event(
+    sup: Supervisor, tid: int, what: str, *, decision: str, rule: str | None, message: str
+) -> audit.Event:
+    return audit.Event(
+        time.time(), sup.session, tid, tracee.cwd(tid), (what,), decision, rule, message,
+        "file", "file",
+    )  # fmt: skip
+
+
+def addfd_send(listener: int, nid: int, srcfd: int, *, cloexec: bool) -> int:
+    """SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND (seccomp_unotify(2), kernel
+    >= 5.14): install a copy of ``srcfd`` in the target and answer the notification with
+    its number, atomically. Returns that number.
+
+    Raises:
+        OSError: ENOENT when the notification is gone; EMFILE when the target is full.
+    """
+    flags = os.O_CLOEXEC if cloexec else 0
+    req = seccomp.ADDFD.pack(nid, seccomp.ADDFD_FLAG_SEND, srcfd, 0, flags)
+    buf = ctypes.create_string_buffer(req, len(req))
+    ret = int(_libc.ioctl(listener, ctypes.c_ulong(seccomp.IOCTL_NOTIF_ADDFD), buf))
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret

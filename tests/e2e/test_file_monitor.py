@@ -1,0 +1,447 @@
+"""The notify file monitor end to end (issue 4 item 2): a governed tree (``govern.start`` /
+``ptrace.start_traced`` with ``files=filemon.plan(...)`` in a forked child, then the host's
+real ``/usr/bin/bash -c …``; nothing is installed, so no overlay root is needed) under the
+built-in policy with a fake home directory, for both transports and for notify with
+Landlock applied between the supervisor's fork and the filter (the frontend's order).
+
+Every way of reaching a protected file (a fake ``~/.ssh/id_rsa`` and ``~/.aws``, the real
+``/etc/shadow``, ``/proc/1/environ``, a workspace ``.env``) must fail without printing its
+content and leave a deny event naming the rule; ordinary work in the workspace and /tmp
+(python, git, tar, the dynamic loader) must keep working.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import shlex
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentsh.enforce import (
+    audit,
+    config,
+    filemon,
+    govern,
+    landlock,
+    loader,
+    ptrace,
+    seccomp,
+    trash,
+)
+from agentsh.enforce.policy import Decision, FileRule, Policy
+from agentsh.enforce.record import asdict, replace
+from agentsh.shell import supervise
+
+pytestmark = pytest.mark.e2e
+
+BASH = "/usr/bin/bash"
+MODES = ("notify", "ptrace", "notify+landlock")
+SECRET = "SECRET-MATERIAL-42"
+DEFAULTS = filemon.MonitorConfig()
+
+
+@dataclass(frozen=True)
+class Kit:
+    base: Path
+    home: Path
+    work: Path
+    policy: Policy
+
+    def fmt(self, script: str) -> str:
+        return script.format(h=self.home, w=self.work, b=self.base)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    if not seccomp.probe().usable:
+        pytest.skip("seccomp user-notify is unavailable on this kernel")
+    base = tmp_path_factory.mktemp("filemon")
+    home, work = base / "home", base / "work"
+    for d in (home / ".ssh", home / ".aws", work):
+        d.mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text(f"{SECRET} ssh\n")
+    (home / ".aws" / "credentials").write_text(f"{SECRET} aws\n")
+    (home / "notes.txt").write_text("just notes\n")
+    (work / ".env").write_text(f"TOKEN={SECRET}\n")
+    os.link(home / ".ssh" / "id_rsa", base / "prelink")  # a hard link made before the session
+    variables = {"HOME": str(home), "PROJECT_ROOT": str(work), "WORKSPACE": str(work)}
+    policy = loader.load(config.builtin_policy_path(), variables | {"TMPDIR": "/tmp"})
+    return Kit(base, home, work, policy)
+
+
+class _Sink:
+    """The audit sink, in the supervisor process: mirrors each event to a file the test
+    reads, and holds a lifeline socket open until that process exits."""
+
+    def __init__(self, events: Path, lifeline: str) -> None:
+        self.life = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.life.connect(lifeline)
+        self.fd = os.open(events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def __call__(self, event: audit.Event) -> None:
+        os.write(self.fd, (json.dumps(asdict(event)) + "\n").encode())
+
+
+class Runner:
+    """Runs ``bash -c SCRIPT`` under exec supervision and the file monitor."""
+
+    count = itertools.count()
+
+    def __init__(
+        self,
+        kit: Kit,
+        mode: str,
+        cfg: filemon.MonitorConfig = DEFAULTS,
+        *,
+        trash: str | None = None,
+        refuse_deletes: tuple[str, ...] = (),
+    ) -> None:
+        self.kit, self.mode = kit, mode
+        self.ruleset = None
+        if mode.endswith("+landlock"):
+            support = landlock.probe()
+            if not support.available:
+                pytest.skip("Landlock is unavailable on this kernel")
+            self.ruleset = landlock.compile(
+                kit.policy,
+                landlock.LandlockConfig(),
+                abi=support.abi,
+                runtime=landlock.runtime_paths(),
+                analyse=False,
+            )
+        if mode == "ptrace" and not ptrace.probe().available:
+            pytest.skip(f"the ptrace backend is unavailable: {ptrace.probe().reason}")
+        plan = filemon.plan(
+            kit.policy,
+            cfg,
+            landlock=self.ruleset,
+            protected=("/etc/agentsh",),
+            trash=trash,
+            refuse_deletes=refuse_deletes,
+        )
+        assert plan is not None
+        self.plan = plan
+
+    def _govern(self, events: Path, lifeline: str) -> None:  # in the child, before exec
+        policy = self.kit.policy
+        spawn = ptrace.spawn_traced if self.mode == "ptrace" else govern.spawn
+        pending = spawn(
+            lambda: supervise.make_checker(policy),
+            functools.partial(_Sink, events, lifeline),
+            first_exec=BASH,
+            session="e2e-files",
+            files=self.plan,
+        )
+        assert pending is not None
+        if self.ruleset is not None:
+            landlock.apply(self.ruleset)
+        pending.install()
+
+    def run(self, script: str) -> dict[str, Any]:
+        n = next(self.count)
+        lifeline = f"\0agentsh-filemon-{os.getpid()}-{n}"
+        life = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        life.bind(lifeline)
+        life.listen(1)
+        events = self.kit.base / f"events-{n}.jsonl"
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.kit.home), "LC_ALL": "C"}
+        proc = subprocess.Popen(
+            [BASH, "-c", self.kit.fmt(script)],
+            preexec_fn=functools.partial(self._govern, events, lifeline),  # noqa: PLW1509
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=self.kit.work,
+        )
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        exited = _await_eof(life, 30)
+        lines = events.read_text().splitlines() if events.exists() else []
+        return {
+            "rc": proc.returncode,
+            "out": out.decode(errors="replace"),
+            "err": err.decode(errors="replace"),
+            "events": [json.loads(x) for x in lines],
+            "exited": exited,
+        }
+
+
+def _await_eof(life: socket.socket, timeout: float) -> bool:
+    life.settimeout(timeout)
+    try:
+        conn, _ = life.accept()
+        conn.settimeout(timeout)
+        with conn:
+            while conn.recv(64):
+                pass
+    except TimeoutError:
+        return False
+    finally:
+        life.close()
+    return True
+
+
+@pytest.fixture(scope="module", params=MODES)
+def runner(request: pytest.FixtureRequest, kit: Kit) -> Iterator[Runner]:
+    return Runner(kit, request.param)
+
+
+def _file_denials(result: dict[str, Any], rule: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in result["events"]
+        if e["decision"] == "deny" and e["layer"] == "file" and e["rule"] == rule
+    ]
+
+
+# --------------------------------------------------------------------------- refused
+
+PY_DIRFD = (
+    "python3 -c \"import os; d = os.open('{h}', os.O_RDONLY); "
+    "print(os.read(os.open('.ssh/id_rsa', os.O_RDONLY, dir_fd=d), 99))\""
+)
+PY_OPENAT2 = (
+    'python3 -c "import ctypes, os, struct; libc = ctypes.CDLL(None, use_errno=True); '
+    "how = struct.pack('QQQ', os.O_RDONLY, 0, 0); "
+    "fd = libc.syscall(437, -100, b'{h}/.ssh/id_rsa', how, 24); "
+    'raise SystemExit(os.read(fd, 99) if fd >= 0 else os.strerror(ctypes.get_errno()))"'
+)
+CREDS, PROCS, ENV = "deny-credentials", "deny-process-secrets", "approve-env-files"
+REFUSED: dict[str, tuple[str, str, str]] = {
+    # name: (script, rule of the deny event, text that must not appear in the output)
+    "direct": ("cat {h}/.ssh/id_rsa", CREDS, SECRET),
+    "aws": ("cat {h}/.aws/credentials", CREDS, SECRET),
+    "python-open": ("python3 -c 'print(open(\"{h}/.ssh/id_rsa\").read())'", CREDS, SECRET),
+    "openat-dirfd": (PY_DIRFD, CREDS, SECRET),
+    "openat2": (PY_OPENAT2, CREDS, SECRET),
+    "symlink": ("ln -s {h}/.ssh/id_rsa {w}/l1; cat {w}/l1", CREDS, SECRET),
+    "symlinked-dir": ("ln -s {h}/.ssh {w}/d1; cat {w}/d1/id_rsa", CREDS, SECRET),
+    "dotdot": ("cd {w} && cat ../home/.ssh/id_rsa", CREDS, SECRET),
+    "dot-segments": ("cat {h}/.ssh/./../.ssh//id_rsa", CREDS, SECRET),
+    "proc-self-root": ("cat /proc/self/root{h}/.ssh/id_rsa", CREDS, SECRET),
+    "cwd-relative": ("cd {h}/.ssh && cat id_rsa", CREDS, SECRET),
+    "proc-self-cwd": ("cd {h}/.ssh && cat /proc/self/cwd/id_rsa", CREDS, SECRET),
+    "proc-pid-cwd": (
+        "(cd {h}/.ssh && exec sleep 5) & sleep 0.5; "
+        "cat /proc/$!/cwd/id_rsa; s=$?; kill $!; exit $s",
+        CREDS,
+        SECRET,
+    ),
+    "dev-fd": ("exec 3<{h}; cat /dev/fd/3/.ssh/id_rsa", CREDS, SECRET),
+    "hard-link-new": ("ln {h}/.ssh/id_rsa {w}/hl; cat {w}/hl", CREDS, SECRET),
+    "hard-link-old": ("cat {b}/prelink", CREDS, SECRET),
+    "rename-file": ("mv {h}/.ssh/id_rsa {w}/moved; cat {w}/moved", CREDS, SECRET),
+    "rename-dir": ("mv {h}/.ssh {w}/s2; cat {w}/s2/id_rsa", CREDS, SECRET),
+    "rename-home": ("mv {h} {b}/h2; cat {b}/h2/.ssh/id_rsa", CREDS, SECRET),
+    "copy": ("cp {h}/.ssh/id_rsa {w}/copy; cat {w}/copy", CREDS, SECRET),
+    "tar": ("set -o pipefail; tar cf - -C {h} .ssh | tar xOf -", CREDS, SECRET),
+    "list": ("ls {h}/.ssh", CREDS, "id_rsa"),
+    "shadow": ("cat /etc/shadow", CREDS, "root:"),
+    "shadow-relative": ("cd /etc && cat ./shadow", CREDS, "root:"),
+    "shadow-proc-root": ("cat /proc/self/root/etc/shadow", CREDS, "root:"),
+    "proc-1-environ": ("cat /proc/1/environ", PROCS, "PATH="),
+    "proc-environ-link": ("ln -s /proc/1/environ {w}/e; cat {w}/e", PROCS, "PATH="),
+    "env-file": ("cat {w}/.env", ENV, SECRET),
+    "write-env-file": ("echo TOKEN=x > {w}/.env.local && cat {w}/.env.local", ENV, "TOKEN=x"),
+    "write-ssh": (
+        "echo key >> {h}/.ssh/authorized_keys; cat {h}/.ssh/authorized_keys",
+        CREDS,
+        "key",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_protected_files_stay_unreadable(runner: Runner, name: str) -> None:
+    script, rule, leak = REFUSED[name]
+    result = runner.run(script)
+    shown = result["out"] + result["err"]
+    assert leak not in result["out"], result
+    assert result["rc"] != 0, result
+    assert _file_denials(result, rule), result["events"]
+    assert f"(rule {rule})" in shown, shown
+    assert result["exited"]
+    assert not (runner.kit.home / "x").exists()
+
+
+def test_protected_files_are_untouched(runner: Runner) -> None:
+    """After every attempt above, the originals are where they were, unchanged."""
+    home = runner.kit.home
+    assert (home / ".ssh" / "id_rsa").read_text() == f"{SECRET} ssh\n"
+    assert (home / ".aws" / "credentials").read_text() == f"{SECRET} aws\n"
+    assert not (home / ".ssh" / "authorized_keys").exists()
+    assert not (runner.kit.work / ".env.local").exists()
+
+
+# --------------------------------------------------------------------------- allowed
+
+ALLOWED: dict[str, tuple[str, str]] = {
+    "workspace": (
+        "cd {w} && rm -rf d && echo hi > f && cat f && mkdir -p d/e && mv f d/e/g && "
+        "chmod 600 d/e/g && ln -s g d/e/h && ln d/e/g d/e/i && cat d/e/h d/e/i && rm -r d",
+        "hi\nhi\nhi\n",
+    ),
+    "tmp": ("t=$(mktemp -d) && echo ok > $t/x && cat $t/x && rm -r $t", "ok\n"),
+    "home-notes": ("cat {h}/notes.txt && ls -a {h} | grep -c '^.ssh$'", "just notes\n1\n"),
+    "python": ("python3 -c 'import json, sqlite3, ssl; print(json.dumps([6 * 7]))'", "[42]\n"),
+    "ld-so": ("/lib64/ld-linux-x86-64.so.2 /usr/bin/echo loaded", "loaded\n"),
+    "git": (
+        "cd {w} && rm -rf repo && git init -q repo && cd repo && echo a > a && git add a && "
+        "git -c user.name=t -c user.email=t@e commit -qm init && git log --format=%s",
+        "init\n",
+    ),
+    "tar": (
+        "cd {w} && rm -rf src && mkdir src && echo z > src/z && tar cf s.tar src && "
+        "rm -r src && tar xf s.tar && cat src/z && rm -r src s.tar",
+        "z\n",
+    ),
+    "process-substitution": ("cat <(echo piped) /dev/stdin <<< here", "piped\nhere\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALLOWED))
+def test_ordinary_work_keeps_working(runner: Runner, name: str) -> None:
+    script, expected = ALLOWED[name]
+    result = runner.run(script)
+    assert (result["rc"], result["out"]) == (0, expected), result
+    assert "blocked by policy" not in result["err"], result["err"]
+    assert not [e for e in result["events"] if e["decision"] == "deny"], result["events"]
+    assert result["exited"]
+
+
+def test_the_plan_traps_what_the_default_policy_needs(runner: Runner) -> None:
+    assert runner.plan.read_opens
+    assert runner.plan.write_opens
+    assert runner.plan.families == frozenset(filemon.FAMILIES)
+
+
+# --------------------------------------------------------------------------- races
+
+# One thread swaps a symlink between a harmless file and the key while the main thread
+# opens it: a check followed by CONTINUE would let the kernel open whatever the link names
+# a moment later. Emulated opens hand over the very file that was checked.
+PY_SWAP = """
+import os, sys, threading
+work, key = sys.argv[1], sys.argv[2]
+harmless, link = os.path.join(work, "harmless"), os.path.join(work, "flip")
+with open(harmless, "w") as f:
+    f.write("harmless\\n")
+errors = set()
+def flip():
+    while True:
+        for target in (harmless, key):
+            tmp = link + ".tmp"
+            try:
+                os.symlink(target, tmp)
+                os.rename(tmp, link)
+            except OSError as err:
+                errors.add(err.strerror)
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+threading.Thread(target=flip, daemon=True).start()
+leaked = opened = 0
+for _ in range(1500):
+    try:
+        with open(link) as f:
+            data = f.read()
+    except OSError:
+        continue
+    opened += 1
+    leaked += "SECRET" in data
+print(f"opened={opened} leaked={leaked} errors={sorted(errors)}")
+sys.exit(1 if leaked else 0)
+"""
+
+
+def test_a_swapped_symlink_cannot_smuggle_the_key_in(runner: Runner) -> None:
+    """notify: the emulated open hands over the file checked (never the key). ptrace: the
+    open runs itself, and its exit stop kills the process if it opened the key."""
+    key = runner.kit.home / ".ssh" / "id_rsa"
+    script = f"python3 -c {shlex.quote(PY_SWAP)} {runner.kit.work} {key} 2>/dev/null"
+    script = script.replace("{", "{{").replace("}", "}}")
+    result = runner.run(script)
+    assert SECRET not in result["out"]
+    if runner.mode == "ptrace" and result["rc"] in (-9, 128 + 9):  # SIGKILL at the exit stop
+        killed = [e for e in _file_denials(result, CREDS) if "was killed" in e["message"]]
+        assert killed, result["events"][-3:]
+        return
+    assert result["rc"] == 0, result["out"]
+    assert "leaked=0" in result["out"]
+    if runner.mode != "ptrace":  # under ptrace the swapper thread may rarely get to run
+        assert "opened=0" not in result["out"]  # the harmless file was read
+        assert _file_denials(result, CREDS)  # and the key refused, with its rule
+
+
+def test_audit_only_mode_records_instead_of_refusing(kit: Kit) -> None:
+    runner = Runner(kit, "notify", filemon.MonitorConfig(enforce=False))
+    result = runner.run("cat {h}/.aws/credentials")
+    assert (result["rc"], result["out"]) == (0, f"{SECRET} aws\n")
+    audited = [e for e in result["events"] if e["layer"] == "file" and e["rule"] == CREDS]
+    assert [e["decision"] for e in audited] == ["audit"]
+    assert audited[0]["message"].startswith("not enforced: ")
+
+
+# --------------------------------------------------------------------------- deletes
+
+
+def _soft_policy(kit: Kit) -> Policy:
+    rule = FileRule(
+        "soft-delete-workspace", (f"{kit.work}/**",), ("delete", "rmdir"), Decision.SOFT_DELETE
+    )
+    return replace(kit.policy, file_rules=(rule, *kit.policy.file_rules))
+
+
+@pytest.mark.parametrize("mode", ["notify", "ptrace"])
+def test_soft_deletes_go_to_the_trash_and_come_back(kit: Kit, mode: str) -> None:
+    trash_root = kit.base / f"trash-{mode}"
+    soft = Kit(kit.base, kit.home, kit.work, _soft_policy(kit))
+    runner = Runner(soft, mode, trash=str(trash_root))
+    tree = kit.work / f"gone-{mode}"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"alpha\n")
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)))
+    (tree / "sub" / "b.bin").chmod(0o640)
+    result = runner.run(f"rm -rf {tree} && test ! -e {tree} && echo removed")
+    assert (result["rc"], result["out"]) == (0, "removed\n"), result
+    assert not tree.exists()
+    store = trash.Trash(trash_root)
+    entries = store.list()
+    assert sorted(e.original for e in entries) == sorted(
+        [str(tree), str(tree / "sub"), str(tree / "a.txt"), str(tree / "sub" / "b.bin")]
+    )
+    assert all(e.command == f"rm -rf {tree}" for e in entries)
+    soft_events = [e for e in result["events"] if e["decision"] == "soft_delete"]
+    assert len(soft_events) == 4
+    top = next(e for e in entries if e.original == str(tree))
+    store.restore(top.token)  # the directory brings back what its batch deleted below it
+    assert (tree / "a.txt").read_bytes() == b"alpha\n"
+    assert (tree / "sub" / "b.bin").read_bytes() == bytes(range(256))
+    assert (tree / "sub" / "b.bin").stat().st_mode & 0o777 == 0o640
+
+
+def test_deletes_are_refused_where_soft_delete_is_unavailable(kit: Kit) -> None:
+    runner = Runner(kit, "notify", refuse_deletes=(str(kit.work),))
+    (kit.work / "keep.txt").write_text("kept\n")
+    script = "rm {w}/keep.txt; echo x > {w}/o.txt; mv {w}/o.txt {w}/keep.txt; cat {w}/keep.txt"
+    result = runner.run(script)
+    assert result["out"] == "kept\n"
+    moved = runner.run("mv {w}/o.txt {w}/p.txt && cat {w}/p.txt")  # a move deletes nothing
+    assert (moved["rc"], moved["out"]) == (0, "x\n")
+    assert _file_denials(result, "soft-delete-unavailable"), result["events"]
+    assert "(rule soft-delete-unavailable)" in result["err"]
+    ok = runner.run("echo new > {w}/fresh.txt && cat {w}/fresh.txt")  # creating still works
+    assert (ok["rc"], ok["out"]) == (0, "new\n")
