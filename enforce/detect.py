@@ -515,11 +515,11 @@ class Domain:
 
 
 # What this version applies to a governed tree (the score above measures what the kernel
-# allows). The notify file monitor is not applied yet (so "landlock+notify-monitor" is
-# not listed); the network layer is not built. Reported so that nobody reads kernel
-# readiness as protection.
+# allows). The network layer is not built. Reported so that nobody reads kernel readiness
+# as protection.
 ENFORCED_BACKENDS = frozenset(
-    {"seccomp-notify", "ptrace", "landlock", "cgroups-v2", "cgroups-v1"}
+    {"seccomp-notify", "ptrace", "landlock", "landlock+notify-monitor", "notify-monitor"}
+    | {"cgroups-v2", "cgroups-v1"}
     | {"capability-drop+no-new-privs"}
 )
 

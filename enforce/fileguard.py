@@ -309,6 +309,11 @@ class Monitor:
                 verdict = engine.stricter(verdict, self._shield(target.path))
             verdict = engine.stricter(verdict, self._delete_refusal(item, target))
             what = f"{item.ops[0]} {target.path}"
+            if not verdict.allowed and item.ops == ("mkdir",) and target.st is not None:
+                # mkdir of what exists fails with EEXIST whatever the policy says: say so,
+                # quietly (`mkdir -p /root/x` probes every ancestor).
+                sup.listener.fail(note.id, errno.EEXIST)
+                return
             if not self._allowed(sup, note, what, verdict):
                 return
             if self._soft(item, verdict) and self._credentials(note.pid) == self.creds:

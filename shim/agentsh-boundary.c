@@ -250,7 +250,7 @@ int ab_continue(int listener, uint64_t id, int tid, uint64_t dev, uint64_t ino,
 
 /* ------------------------------------------------------------ verdict table */
 
-#define AB_SLOTS 4096
+#define AB_SLOTS 1024 /* direct-mapped; worst case ~12 MiB of keys */
 #define AB_MAX_ARGC 64
 #define AB_KEY_MAX 8192 /* path + argv bytes of an exec that may be put */
 #define AB_PATH_MAX 4096

@@ -362,13 +362,13 @@ def test_optional_limits_without_cgroups_run_unlimited(monkeypatch: pytest.Monke
 
 
 def test_enforced_score_counts_only_layers_this_version_applies() -> None:
-    """Kernel readiness is not protection: network and file layers are not applied yet."""
+    """Kernel readiness is not protection: the network layer is not applied yet."""
     report = detect.assess(_host())
     by_name = {d.name: d for d in report.domains}
     assert report.score == 100
     assert by_name["Command Control"].enforced
+    assert by_name["File Protection"].enforced
     assert not by_name["Network"].enforced
-    assert not by_name["File Protection"].enforced
-    assert report.enforced_score == 100 - 25 - 20
+    assert report.enforced_score == 100 - 20
     assert detect_cli.to_json(report)["enforced_score"] == report.enforced_score
-    assert "Enforced now:      55/100" in detect_cli.table(report)
+    assert "Enforced now:      80/100" in detect_cli.table(report)
