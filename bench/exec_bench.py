@@ -48,7 +48,7 @@ def _sink_factory(mode: str) -> Callable[[], Callable[[audit.Event], None]]:
     if not mode.endswith("+audit"):
         return lambda: lambda _event: None
     path = Path(tempfile.mkdtemp(prefix="agentsh-bench-")) / "audit.db"
-    return lambda: audit.open_store(path).record
+    return lambda: audit.Writer(audit.open_store(path))
 
 
 def _run(argv: list[str], mode: str, checker: Callable[[], supervisor.Checker]) -> float:

@@ -50,7 +50,7 @@ def _sink_factory(mode: str) -> Callable[[], supervisor.Sink]:
     if not mode.endswith("+audit"):
         return lambda: lambda _event: None
     path = Path(tempfile.mkdtemp(prefix="agentsh-bench-")) / "audit.db"
-    return lambda: audit.open_store(path).record
+    return lambda: audit.Writer(audit.open_store(path))
 
 
 def _govern(mode: str, first_exec: str, checker: Callable[[], supervisor.Checker]) -> None:

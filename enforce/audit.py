@@ -30,7 +30,7 @@ import errno
 import os
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -231,6 +231,27 @@ class MemoryAuditStore:
         self.close()
 
 
+def _row(event: Event) -> tuple[object, ...]:
+    """``event``, redacted, as the columns of ``_INSERT``."""
+    e = sanitize(event)
+    argv = json_words(e.argv)
+    return (e.time, e.session, e.pid, e.cwd, argv, e.decision, e.rule, e.message, e.layer, e.kind)
+
+
+class Writer:
+    """The supervisor's sink for one store: called with one event, or ``many`` in one
+    transaction (a busy exec loop queues dozens between two flushes)."""
+
+    def __init__(self, store: SqliteAuditStore) -> None:
+        self.store = store
+
+    def __call__(self, event: Event) -> None:
+        self.store.record(event)
+
+    def many(self, events: Sequence[Event]) -> None:
+        self.store.record_many(events)
+
+
 def _unavailable(path: Path, err: Exception) -> AuditUnavailable:
     """AuditUnavailable for ``err``, with a hint for the usual causes."""
     if isinstance(err, OSError) and err.strerror:
@@ -384,12 +405,25 @@ class SqliteAuditStore:
 
     def record(self, event: Event) -> None:
         """Store ``event`` (redacted). Raises AuditUnavailable when it cannot."""
-        e = sanitize(event)
         conn = self._connection()
-        argv = json_words(e.argv)
-        row = (e.time, e.session, e.pid, e.cwd, argv, e.decision, e.rule, e.message)
         try:
-            conn.execute(_INSERT, (*row, e.layer, e.kind))
+            conn.execute(_INSERT, _row(event))
+        except sqlite3.Error as err:
+            raise _unavailable(self.path, err) from err
+
+    def record_many(self, events: Sequence[Event]) -> None:
+        """Store ``events`` (redacted) in one write transaction: all or none (a busy
+        store is waited for, as by ``record``). Raises AuditUnavailable when it cannot."""
+        conn = self._connection()
+        rows = [_row(e) for e in events]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT, rows)
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except sqlite3.Error as err:
             raise _unavailable(self.path, err) from err
 

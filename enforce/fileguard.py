@@ -69,10 +69,10 @@ from agentsh.enforce.filecalls import (
     resolve_open,
 )
 from agentsh.enforce.policy import Decision, FileRule, Policy, Verdict
-from agentsh.enforce.trash import StashError, Trash
 
 if TYPE_CHECKING:
     from agentsh.enforce.supervisor import Supervisor
+    from agentsh.enforce.trash import Trash
 
 CACHE_MAX: Final = 65536
 STATUS_FDS_MAX: Final = 512
@@ -145,7 +145,8 @@ class Monitor:
         self.rules = FastRules(plan.policy)
         self.inodes = protected_inodes(plan.policy)
         self.creds = credentials("self")
-        self.trash = Trash(Path(plan.trash)) if plan.trash is not None else None
+        self.trash_root = plan.trash  # opened at the first soft delete (enforce.trash
+        self._trash: Trash | None = None  # imports hashlib & co.: off every start's path)
         self.status_fds: dict[int, int] = {}  # tid -> its /proc/TID/status (see _credentials)
 
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
@@ -337,7 +338,7 @@ class Monitor:
 
     def _soft(self, item: Item, verdict: Verdict) -> bool:
         return (
-            self.trash is not None
+            self.trash_root is not None
             and verdict.decision is Decision.SOFT_DELETE
             and item.ops[0] in ("delete", "rmdir")
         )
@@ -353,7 +354,11 @@ class Monitor:
         """Carry out a soft-deleted unlink/rmdir: move the entry into the trash through
         the directory fd resolved now (its canonical path must still be the one judged:
         else a swapped directory is refused), then answer 0 — the syscall never runs."""
-        assert self.trash is not None
+        from agentsh.enforce.trash import StashError, Trash  # see __init__
+
+        if self._trash is None:
+            assert self.trash_root is not None
+            self._trash = Trash(Path(self.trash_root))
         up, name = open_parent(note.pid, item, same)
         assert up.fd is not None
         try:
@@ -363,7 +368,7 @@ class Monitor:
                 os.scandir(f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}")
             ):
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
-            token = self.trash.stash(
+            token = self._trash.stash(
                 f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}",
                 session=sup.session,
                 command=_cmdline(note.pid),

@@ -10,7 +10,6 @@ much more): what the frontend needs to decide whether a governed command gets th
 from __future__ import annotations
 
 import enum
-import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,6 +78,9 @@ class Choice:
 def probe() -> Support:
     """What FUSE needs here: /dev/fuse openable, pyfuse3 importable (not imported: it
     costs ~200 ms), fusermount3 on PATH, and root for the private mount namespace."""
+    import importlib.util  # only when FUSE is asked for: not on every governed start
+    import shutil
+
     dev, why = True, []
     try:
         os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
@@ -88,8 +90,6 @@ def probe() -> Support:
     lib = importlib.util.find_spec("pyfuse3") is not None
     if not lib:
         why.append("pyfuse3 is not installed")
-    import shutil  # only when FUSE is asked for: not on every governed start
-
     root = os.geteuid() == 0
     if not root:
         why.append("not root (a private mount namespace needs CAP_SYS_ADMIN)")

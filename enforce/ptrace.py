@@ -67,7 +67,6 @@ import signal
 import socket
 import struct
 import time
-import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -694,6 +693,8 @@ def _serve(checker: supervisor.Checker, sink: supervisor.Sink, launch: Launch) -
     try:
         return Tracer(checker, sink, launch).run()
     except Exception as err:  # noqa: BLE001 — the only record of the crash is this event
+        import traceback  # only on this failure path: keep it off every governed start
+
         detail = "".join(traceback.format_exception(err))[-2000:]
         message = f"the ptrace exec supervisor crashed; the governed tree was killed: {detail}"
         me, argv, rule = os.getpid(), ("agentsh-ptrace-supervisor",), "supervisor-crash"

@@ -707,12 +707,16 @@ class Supervisor:
         """Hand queued events to the sink. A sink that cannot record (AuditUnavailable)
         makes every later exec refuse (fail closed)."""
         queue, self.queue = self.queue, []
-        for item in queue:
-            event = self._event(*item) if isinstance(item, Allowed) else item
-            try:
-                self.sink(event)
-            except AuditUnavailable as err:
-                self.audit_down = f"the audit store cannot be written: {err.message}"
+        events = [self._event(*item) if isinstance(item, Allowed) else item for item in queue]
+        many = getattr(self.sink, "many", None)  # audit.Writer: one transaction for all
+        try:
+            if many is not None and len(events) > 1:
+                many(events)
+            else:
+                for event in events:
+                    self.sink(event)
+        except AuditUnavailable as err:
+            self.audit_down = f"the audit store cannot be written: {err.message}"
 
 
 def _request(

@@ -440,8 +440,7 @@ def _audit_sink(settings: Settings) -> Callable[[audit.Event], None]:
     """Runs in the supervisor: one store for its whole life."""
     if not settings.audit_enabled:
         return lambda _event: None
-    store = audit.open_store(settings.audit_path)
-    return store.record
+    return audit.Writer(audit.open_store(settings.audit_path))
 
 
 def filter_environment(settings: Settings, environ: Mapping[str, str]) -> envfilter.FilteredEnv:

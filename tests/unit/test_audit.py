@@ -368,3 +368,35 @@ def test_parse_since_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="--since") as err:
         parse_since(text, NOW)
     assert "10m" in (err.value.hint or "")
+
+
+# --- the supervisor's writer: many events in one transaction -----------------------------
+
+
+def test_writer_stores_a_batch_in_order_redacted(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "a.db")
+    writer = audit.Writer(store)
+    secret = "ghp_" + "a" * 36
+    writer.many([ev(1.0, message="one"), ev(2.0, argv=("curl", "-H", secret)), ev(3.0)])
+    writer(ev(4.0, message="single"))
+    got = store.query()
+    assert [e.time for e in got] == [1.0, 2.0, 3.0, 4.0]
+    assert secret not in " ".join(got[1].argv)
+    store.close()
+
+
+def test_writer_batch_is_all_or_nothing(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "a.db")
+    with pytest.raises(InternalError, match="unknown event kind"):
+        audit.Writer(store).many([ev(1.0), ev(2.0, kind="keystroke")])
+    assert store.query() == []  # the good first event was not stored alone
+    audit.Writer(store).many([ev(5.0)])  # the store is usable afterwards
+    assert [e.time for e in store.query()] == [5.0]
+    store.close()
+
+
+def test_writer_on_a_closed_store_fails_closed(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "a.db")
+    store.close()
+    with pytest.raises(AuditUnavailable):
+        audit.Writer(store).many([ev(1.0), ev(2.0)])
