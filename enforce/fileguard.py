@@ -323,12 +323,18 @@ class Monitor:
         sup.listener.allow(note.id)
 
     def _delete_refusal(self, item: Item, target: Target) -> Verdict:
-        """DENY for a delete (or a rename over an entry) in a ``refuse_deletes`` tree."""
+        """DENY for a delete (or a rename over an entry) in a ``refuse_deletes`` tree;
+        AUDIT for one in an ``audit_deletes`` tree."""
         ops = item.ops
         replacing = ops == ("rename",) and not item.source and target.st is not None
         deleting = ops[0] in ("delete", "rmdir") or replacing
+        if not deleting:
+            return _ALLOWED
+        if any(_under(target.path, t) for t in self.plan.audit_deletes):
+            why = "soft delete is not available here (no FUSE): the delete is real"
+            return Verdict(Decision.AUDIT, "soft-delete-unavailable", why, target.path)
         tree = next((t for t in self.plan.refuse_deletes if _under(target.path, t)), None)
-        if not deleting or tree is None:
+        if tree is None:
             return _ALLOWED
         why = (
             f"deletes in {tree} must be recoverable, but the soft-delete view (FUSE) is "

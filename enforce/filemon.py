@@ -180,6 +180,8 @@ class Plan:
         refuse_deletes: trees where deletes (unlink, rmdir, a rename over an entry) are
             refused: soft delete was asked for and cannot be had (``fuseconf``'s
             ``deny_deletes``).
+        audit_deletes: trees where deletes happen but each is recorded (``fuseconf``'s
+            ``allow_audited``: soft delete asked for, FUSE missing, the config accepts it).
     """
 
     policy: Policy
@@ -192,6 +194,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     trash: str | None = None
     refuse_deletes: tuple[str, ...] = ()
+    audit_deletes: tuple[str, ...] = ()
 
     @property
     def syscalls(self) -> frozenset[int]:
@@ -345,6 +348,7 @@ def plan(
     protected: Sequence[str] = (),
     trash: str | None = None,
     refuse_deletes: Sequence[str] = (),
+    audit_deletes: Sequence[str] = (),
 ) -> Plan | None:
     """Decide what to trap for ``policy`` when Landlock applies ``landlock`` (None: no
     Landlock ruleset, so the monitor is the only file boundary). Pure.
@@ -354,7 +358,8 @@ def plan(
     does not. Moving or linking a protected file out of its place launders it, so rename
     and link are trapped whenever any open is. ``protected`` (agentsh's state) adds the
     write families when a writable tree covers it. ``trash`` (the trash root: soft deletes
-    are emulated) and ``refuse_deletes`` (trees) trap the delete family and rename.
+    are emulated), ``refuse_deletes`` and ``audit_deletes`` (trees) trap the delete family
+    and rename.
 
     Returns:
         The plan, or None when the monitor is disabled or nothing needs trapping.
@@ -381,7 +386,7 @@ def plan(
         families -= METADATA
     if reads or writes:
         families |= {"rename", "link"}
-    if refuse_deletes:
+    if refuse_deletes or audit_deletes:
         families |= {"delete", "rename"}
     if not (reads or writes or families):
         return None
@@ -390,7 +395,7 @@ def plan(
         notes.append(f"{SECTION}.enforce_without_fuse is off: refusals are only audited")
     return Plan(
         policy, reads, writes, frozenset(families), tuple(protected), config.enforce, emulate,
-        tuple(notes), trash, tuple(refuse_deletes),
+        tuple(notes), trash, tuple(refuse_deletes), tuple(audit_deletes),
     )  # fmt: skip
 
 

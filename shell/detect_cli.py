@@ -13,9 +13,10 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
-from agentsh.enforce import detect
+from agentsh.enforce import detect, fuseconf
 from agentsh.enforce.detect import Report
 
 _EXEC_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin", "/usr/lib", "/lib",
@@ -45,6 +46,12 @@ def add_parser(verbs: Any) -> None:
         help="report PROBE as missing without running it (repeatable): shows the score, "
         f"mode and tips of a machine without it; one of {', '.join(detect.PROBES)}",
     )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/etc/agentsh/config.yaml"),
+        help="the config whose sandbox.fuse choice to report (default /etc/agentsh/config.yaml)",
+    )
     p.set_defaults(func=_cmd_detect)
     sub = p.add_subparsers(dest="detect_verb", metavar="[config]", parser_class=type(p))
     sub.required = False
@@ -59,11 +66,35 @@ def add_parser(verbs: Any) -> None:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     report = detect.detect(simulate=args.simulate_missing)
+    deletes = soft_delete_choice(report, args.config)
     if args.output == "json":
-        sys.stdout.write(json.dumps(to_json(report), indent=2) + "\n")
+        data = {**to_json(report), "soft_delete": {"action": deletes.action.value,
+                                                    "reason": deletes.reason}}  # fmt: skip
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(table(report))
+        sys.stdout.write(f"Soft delete ({args.config}): {deletes.action.value}: {deletes.reason}\n")
     return 0
+
+
+def soft_delete_choice(r: Report, config_path: Path) -> fuseconf.Choice:
+    """What governed commands get for deletes under the config at ``config_path`` (absent:
+    defaults) on this machine: the FUSE view, or the config's fallback (refuse the
+    command, refuse deletes, let them happen audited), as the frontend decides it.
+
+    Raises:
+        PolicyError: the config is invalid (names file, line and key).
+    """
+    from agentsh.enforce import config
+
+    cfg = config.load_config(config_path)
+    probe = r.probes["fuse"]
+    support = (
+        fuseconf.probe()
+        if probe.available
+        else fuseconf.Support(False, False, False, os.geteuid() == 0, probe.detail)
+    )
+    return fuseconf.choose(fuseconf.settings(cfg), support)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

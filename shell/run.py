@@ -341,7 +341,7 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
     policy = settings.policy
     abi, monitor = landlock.probe().abi, settings.monitor.enabled
     ruleset = snapshot.ruleset(policy, settings.landlock, settings.ruleset, abi, monitor=monitor)
-    view, refused = workspace(settings, session)
+    view, action, trees = workspace(settings, session)
     return plan.Supervision(
         checker_factory=lambda: supervise.make_checker(policy),
         sink_factory=lambda: _audit_sink(settings),
@@ -353,7 +353,7 @@ def supervision(settings: Settings, session: str) -> plan.Supervision | None:
         landlock=ruleset,
         soft_delete=view,
         signals=signal_checker(settings),
-        files=file_monitor(settings, ruleset, view, refused),
+        files=file_monitor(settings, ruleset, view, (action, trees)),
     )
 
 
@@ -375,31 +375,33 @@ def signal_checker(settings: Settings) -> engine.SignalChecker:
     return engine.signal_checker(policy)
 
 
-def workspace(settings: Settings, session: str) -> tuple[plan.SoftDelete | None, tuple[str, ...]]:
-    """The soft-delete workspace for a new governed tree, and the trees where deletes are
-    refused instead. The FUSE view of the project (the shell's directory) is mounted when
-    ``sandbox.fuse`` asks for it, FUSE works here, and the policy lets deletes through
-    there at all (where they are refused, there is nothing to make recoverable). Without
-    FUSE the config decides (``fuseconf.choose``): refuse the command, refuse deletes in
-    the project (the file monitor does), or let them happen.
+def workspace(
+    settings: Settings, session: str
+) -> tuple[plan.SoftDelete | None, fuseconf.Action, tuple[str, ...]]:
+    """The soft-delete workspace for a new governed tree, or what deletes get instead
+    (the action and the trees it applies to). The FUSE view of the project (the shell's
+    directory) is mounted when ``sandbox.fuse`` asks for it, FUSE works here, and the
+    policy lets deletes through there at all (where they are refused, there is nothing to
+    make recoverable). Without FUSE the config decides (``fuseconf.choose``): refuse the
+    command, refuse deletes in the project, or let them happen audited (the file monitor
+    does both).
 
     Raises:
         LayerUnavailable: the config requires FUSE and this machine cannot mount it.
     """
+    off = fuseconf.Action.OFF
     if not settings.fuse.enabled:
-        return None, ()
+        return None, off, ()
     choice = fuseconf.choose(settings.fuse, fuseconf.probe())
     fuseconf.require(choice)
     project = policy_variables(os.getcwd())["PROJECT_ROOT"]
     policy = settings.policy
     if project == NO_PROJECT:
-        return None, ()
-    if choice.action is fuseconf.Action.DENY_DELETES:
-        return None, (project,)
+        return None, off, ()
     if choice.action is not fuseconf.Action.MOUNT:
-        return None, ()
+        return None, choice.action, (project,)
     if not engine.check_file(policy, "delete", os.path.join(project, "x")).allowed:
-        return None, ()
+        return None, off, ()
     view = plan.SoftDelete(
         workspace=project,
         session=session,
@@ -407,24 +409,27 @@ def workspace(settings: Settings, session: str) -> tuple[plan.SoftDelete | None,
         decide=lambda op, path: engine.check_file(policy, op, path),
         sink_factory=lambda: _audit_sink(settings),
     )
-    return view, ()
+    return view, fuseconf.Action.MOUNT, ()
 
 
 def file_monitor(
     settings: Settings,
     ruleset: Ruleset | None,
     view: plan.SoftDelete | None,
-    refused: tuple[str, ...],
+    deletes: tuple[fuseconf.Action, tuple[str, ...]],
 ) -> filemon.Plan | None:
     """What the notify file monitor traps for this tree (None: nothing). Without a FUSE
-    view, the monitor carries out ``soft_delete`` rules itself, into the trash store."""
+    view, the monitor carries out ``soft_delete`` rules itself, into the trash store, and
+    refuses or audits deletes in ``deletes``' trees as the config's fallback says."""
+    action, trees = deletes
     return filemon.plan(
         settings.policy,
         settings.monitor,
         landlock=ruleset,
         protected=settings.landlock.protected,
         trash=None if view is not None else str(fuseconf.DEFAULT_TRASH_ROOT),
-        refuse_deletes=refused,
+        refuse_deletes=trees if action is fuseconf.Action.DENY_DELETES else (),
+        audit_deletes=trees if action is fuseconf.Action.ALLOW_AUDITED else (),
     )
 
 

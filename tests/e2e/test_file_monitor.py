@@ -104,6 +104,7 @@ class Runner:
         *,
         trash: str | None = None,
         refuse_deletes: tuple[str, ...] = (),
+        audit_deletes: tuple[str, ...] = (),
     ) -> None:
         self.kit, self.mode = kit, mode
         self.ruleset = None
@@ -127,6 +128,7 @@ class Runner:
             protected=("/etc/agentsh",),
             trash=trash,
             refuse_deletes=refuse_deletes,
+            audit_deletes=audit_deletes,
         )
         assert plan is not None
         self.plan = plan
@@ -445,3 +447,20 @@ def test_deletes_are_refused_where_soft_delete_is_unavailable(kit: Kit) -> None:
     assert "(rule soft-delete-unavailable)" in result["err"]
     ok = runner.run("echo new > {w}/fresh.txt && cat {w}/fresh.txt")  # creating still works
     assert (ok["rc"], ok["out"]) == (0, "new\n")
+
+
+def test_deletes_are_audited_where_the_config_accepts_no_soft_delete(kit: Kit) -> None:
+    # fuseconf's allow_audited: soft delete asked for, no FUSE, the config accepts it.
+    runner = Runner(kit, "notify", audit_deletes=(str(kit.work),))
+    (kit.work / "gone.txt").write_text("x\n")
+    result = runner.run("rm {w}/gone.txt && echo removed")
+    assert (result["rc"], result["out"]) == (0, "removed\n")
+    assert not (kit.work / "gone.txt").exists()
+    audited = [
+        e
+        for e in result["events"]
+        if e["decision"] == "audit" and e["rule"] == "soft-delete-unavailable"
+    ]
+    assert audited, result["events"]
+    assert "gone.txt" in " ".join(audited[0]["argv"]) + audited[0]["message"]
+    assert "blocked" not in result["err"]

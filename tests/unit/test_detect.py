@@ -12,7 +12,7 @@ import yaml
 
 from agentsh.enforce import config, detect, limits
 from agentsh.enforce.detect import Probe
-from agentsh.enforce.errors import LayerUnavailable, UsageError
+from agentsh.enforce.errors import LayerUnavailable, PolicyError, UsageError
 from agentsh.enforce.policy import ResourceLimits
 from agentsh.shell import detect_cli
 
@@ -372,3 +372,33 @@ def test_enforced_score_counts_only_layers_this_version_applies() -> None:
     assert report.enforced_score == 100 - 20
     assert detect_cli.to_json(report)["enforced_score"] == report.enforced_score
     assert "Enforced now:      80/100" in detect_cli.table(report)
+
+
+@pytest.mark.parametrize(
+    ("section", "action"),
+    [
+        ("", "off"),
+        ("    enabled: true\n    audit:\n      mode: soft_delete\n", "refuse"),
+        ("    enabled: true\n    audit:\n      mode: soft_block\n", "deny_deletes"),
+        ("    enabled: true\n    audit:\n      mode: monitor\n", "allow_audited"),
+        ("    enabled: true\n    deferred: true\n    audit:\n      mode: soft_delete\n",
+         "allow_audited"),
+    ],
+)  # fmt: skip
+def test_detect_says_what_deletes_get_without_fuse(
+    tmp_path: Path, section: str, action: str
+) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("sandbox:\n  fuse:\n" + section if section else "")
+    report = detect.assess(_missing("fuse"), ["fuse"])
+    choice = detect_cli.soft_delete_choice(report, cfg)
+    assert choice.action.value == action
+    if action != "off":
+        assert "FUSE unavailable" in choice.reason
+
+
+def test_detect_soft_delete_refuses_a_bad_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("sandbox:\n  fuse:\n    enabled: yes-please\n")
+    with pytest.raises(PolicyError, match="sandbox.fuse.enabled"):
+        detect_cli.soft_delete_choice(detect.assess(_host()), cfg)
