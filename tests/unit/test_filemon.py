@@ -350,16 +350,21 @@ PROBES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("warm_up", [0, fileguard.FastRules.WARM_UP])
 @pytest.mark.parametrize("name", ["default", "deno", "exe.dev", "render", "sprites"])
-def test_fast_rules_agree_with_the_engine(name: str) -> None:
+def test_fast_rules_agree_with_the_engine(name: str, warm_up: int) -> None:
+    # warm_up 0: the compiled alternation from the first check; else the engine's own
+    # per-rule path until an operation has been checked WARM_UP times.
     pol = policy(name)
     fast = fileguard.FastRules(pol)
+    fast.WARM_UP = warm_up  # type: ignore[misc]
     for op in sorted(engine.FILE_OPERATIONS):
         for path in PROBES:
             want, got = engine.check_file(pol, op, path), fast.check(op, path)
             assert got.decision == want.decision, (op, path)
             if want.decision is not Decision.ALLOW:  # refusals and audits: the very verdict
                 assert got == want
+    assert bool(fast.compiled) is (warm_up == 0)
 
 
 # --------------------------------------------------------------------------- resolution
