@@ -19,6 +19,7 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import stat as _stat
 from collections.abc import Callable, Iterator
 from typing import Final, NamedTuple
@@ -32,6 +33,15 @@ RESOLVE_IN_ROOT: Final = 0x10
 PATH_MAX: Final = 4096
 INODE_BUDGET: Final = 20000  # directory entries looked at, per protected glob, at start
 CRED_FIELDS: Final = (b"Uid:", b"Gid:", b"Groups:", b"CapEff:", b"CapPrm:")
+# The same lines in one pass (a per-line startswith scan cost ~50 us an open).
+_CRED_LINES: Final = re.compile(rb"^(?:Uid|Gid|Groups|CapEff|CapPrm):[^\n]*", re.MULTILINE)
+
+
+def cred_lines(status: bytes) -> tuple[bytes, ...]:
+    """The :data:`CRED_FIELDS` lines of a ``/proc/TID/status`` text, in order."""
+    return tuple(_CRED_LINES.findall(status))
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -429,4 +439,4 @@ def credentials(pid: int | str) -> tuple[bytes, ...] | None:
     raw = tracee.read_proc(f"/proc/{pid}/status".encode())
     if not raw:
         return None
-    return tuple(line for line in raw.splitlines() if line.startswith(CRED_FIELDS))
+    return cred_lines(raw)

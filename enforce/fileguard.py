@@ -53,12 +53,12 @@ from typing import TYPE_CHECKING, Final
 
 from agentsh.enforce import audit, engine, filemon, seccomp, tracee
 from agentsh.enforce.filecalls import (
-    CRED_FIELDS,
     LINKED,
     RESOLVE_IN_ROOT,
     Item,
     Refused,
     Target,
+    cred_lines,
     credentials,
     open_call,
     open_parent,
@@ -244,7 +244,7 @@ class Monitor:
             except OSError:
                 raw = b""
             if raw:
-                return tuple(ln for ln in raw.splitlines() if ln.startswith(CRED_FIELDS))
+                return cred_lines(raw)
             os.close(self.status_fds.pop(tid))
             fd = None
         return None
