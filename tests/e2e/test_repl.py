@@ -4,6 +4,7 @@ audit store lands in the overlay's /var."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import pexpect
@@ -17,6 +18,10 @@ PROMPT = r"agentsh:[^\r\n]*\$ "
 
 
 def _session(project: str) -> dict[str, Any]:
+    fake = Path("/usr/bin/sudo")  # in the overlay: a stand-in the supervisor must refuse
+    if not fake.exists():
+        fake.write_text("#!/bin/sh\necho fake-sudo-ran\n")
+        fake.chmod(0o755)
     child = pexpect.spawn(
         sys.executable,
         ["-I", "-m", "agentsh.shell", "--real", "/usr/bin/bash", "--", "-i"],
@@ -50,6 +55,11 @@ def _session(project: str) -> dict[str, Any]:
     child.expect(PROMPT)
     seen["loop"] = str(child.before)
     seen["status"] = step("false; echo rc=$?")
+    # The layers govern bash and what it runs (the prompt itself stays outside them).
+    seen["etc_write"] = step("echo x > /etc/agentsh-repl-probe; echo rc=$?")
+    seen["shadow"] = step("cat /etc/shadow > /dev/null; echo rc=$?")
+    seen["child_exec"] = step("python3 -c \"import os; os.execv('/usr/bin/sudo', ['sudo'])\"")
+    seen["project_write"] = step("cd -; echo ok > made.txt && cat made.txt")
     child.sendline("exit 7")
     child.expect(pexpect.EOF)
     child.close()
@@ -91,3 +101,14 @@ def test_multi_line_input(repl: dict[str, Any]) -> None:
 def test_exit_status(repl: dict[str, Any]) -> None:
     assert "rc=1" in repl["status"]
     assert repl["exit"] == 7
+
+
+def test_bash_and_its_children_are_governed(repl: dict[str, Any]) -> None:
+    # Landlock (and the file monitor) refuse the system write; the monitor the secret
+    # read; exec supervision the exec of sudo from a child; the project stays writable.
+    assert "rc=1" in repl["etc_write"]
+    assert "rc=1" in repl["shadow"]
+    assert "blocked by policy: read /etc/shadow" in repl["shadow"]
+    assert "blocked by policy" in repl["child_exec"]
+    assert "fake-sudo-ran" not in repl["child_exec"]
+    assert "ok" in repl["project_write"]
