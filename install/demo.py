@@ -35,6 +35,17 @@ COMMANDS: tuple[tuple[str, str], ...] = (
         "a program started by an allowed interpreter is checked too",
     ),
     ("echo ${AWS_SECRET_ACCESS_KEY:-filtered}", "secrets never reach the command"),
+    ("echo draft > notes.txt && cat notes.txt", "the project is writable"),
+    ("echo 'evil::0:0::/:/bin/sh' >> /etc/passwd", "the system is not (Landlock, file monitor)"),
+    ("python3 -c \"open('/usr/bin/evil', 'w')\"", "...whichever program tries"),
+    ("head -c 32 /etc/shadow", "/etc stays readable, its secrets do not"),
+    ("rm notes.txt && ls", "deletes in the project go to the trash (soft-delete view)"),
+)
+# The config the demo installs: deletes in the project become recoverable (FUSE view);
+# without FUSE they happen and are audited (deferred) rather than every command refused.
+DEMO_CONFIG = (
+    "sandbox:\n  fuse:\n    enabled: true\n    deferred: true\n"
+    "    audit:\n      mode: soft_delete\n"
 )
 
 
@@ -74,13 +85,18 @@ def _inside(project: str) -> None:
     print(step.stdout.strip() or step.stderr.strip())
     if step.returncode != 0:
         raise SystemExit(step.returncode)
+    Path("/etc/agentsh/config.yaml").write_text(DEMO_CONFIG)
     for line, why in COMMANDS:
         _show(line, why, project)
+    trash = _run([AGENTSH, "trash", "list"], project)
+    print("\n$ agentsh trash list\n" + (trash.stdout.strip() or trash.stderr.strip()))
+    print("  (git's replaced config and removed lock files are kept too: every delete)")
     events = _run([AGENTSH, "events", "query", "--decision", "deny", "--json"], project)
     denied = [json.loads(e) for e in events.stdout.splitlines()]
     print(f"\naudit log: {len(denied)} denied decisions recorded, for example:")
     for e in denied[:3]:
         print(f"  {e['decision']:5} rule={e['rule']}  {' '.join(e['argv'])}")
+    Path("/etc/agentsh/config.yaml").unlink()  # ours: uninstall removes only its own files
     step = _run([AGENTSH, "shim", "uninstall-shell", "--bash-only", HOST_OK], project)
     print("\n" + (step.stdout.strip() or step.stderr.strip()))
     print(f"/usr/bin/bash sha256 {_sha('/usr/bin/bash')} after uninstall")
