@@ -400,5 +400,5 @@ def test_detect_says_what_deletes_get_without_fuse(
 def test_detect_soft_delete_refuses_a_bad_config(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("sandbox:\n  fuse:\n    enabled: yes-please\n")
-    with pytest.raises(PolicyError, match="sandbox.fuse.enabled"):
+    with pytest.raises(PolicyError, match=r"sandbox\.fuse\.enabled"):
         detect_cli.soft_delete_choice(detect.assess(_host()), cfg)
