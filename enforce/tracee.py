@@ -294,12 +294,3 @@ class Tree:
                 return True
             cur, steps = (stat(cur.ppid) if cur.ppid > 1 else None), steps + 1
         return False
-
-    def group_inside(self, pgrp: int) -> bool:
-        """Every process of process group ``pgrp`` is a member (an empty group is)."""
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                st = stat(int(entry.name))
-                if st is not None and st.pgrp == pgrp and not self.contains(st.pid):
-                    return False
-        return True
