@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import audit, engine, filemon, seccomp, tracee
+from agentsh.enforce import audit, engine, filemon, landlock, seccomp, tracee
 from agentsh.enforce.filecalls import (
     LINKED,
     RESOLVE_IN_ROOT,
@@ -194,6 +194,8 @@ class Monitor:
             verdict = self.judge(ops, target, write=filemon.writes(flags), tid=tid)
             if not verdict.allowed and not filemon.writes(flags):
                 verdict = system_read(self.plan.policy, verdict, target)
+            if not verdict.allowed and st is not None:  # opening the device, not making one
+                verdict = device_use(self.plan.policy, verdict, target)
             if not self._allowed(sup, note, f"{ops[-1]} {target.path}", verdict):
                 return
             if target.fd is not None and self._emulable(tid, flags, target):
@@ -482,6 +484,25 @@ class Monitor:
 # System trees whose world-readable files a catch-all rule does not hide (system_read).
 SYSTEM_READABLE: Final = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
 _CATCH_ALL: Final = frozenset({"**", "/**"})
+
+
+# The devices and terminals every program may use (as Landlock grants them: enforce.landlock
+# DEVICES, TERMINALS and /dev/pts).
+_DEVICES: Final = frozenset((*landlock.DEVICES, *landlock.TERMINALS))
+
+
+def device_use(policy: Policy, verdict: Verdict, target: Target) -> Verdict:
+    """Opening /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom, /dev/tty,
+    /dev/ptmx or a /dev/pts terminal, refused only by the file default or a catch-all
+    rule, is allowed: bash's start-up writes to /dev/null, and a policy that never names
+    them cannot mean to break every shell. A rule that names the device still refuses."""
+    path = target.path
+    if path not in _DEVICES and not path.startswith("/dev/pts/"):
+        return verdict
+    rule = next((r for r in policy.file_rules if r.name == verdict.rule), None)
+    if rule is not None and not set(rule.paths) <= _CATCH_ALL:
+        return verdict
+    return Verdict(Decision.ALLOW, None, f"{path}: a device every program may use", path)
 
 
 def system_read(policy: Policy, verdict: Verdict, target: Target) -> Verdict:

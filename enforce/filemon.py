@@ -64,6 +64,7 @@ WRITE_FLAGS: Final = O_ACCMODE | O_CREAT | O_TRUNC | O_TMPFILE_BIT
 
 # Landlock's rights per file-rule operation ("execute" is not the monitor's business).
 _RIGHTS: Final = {op: r for op, r in OPERATION_RIGHTS.items() if op != "execute"}
+_WRITE_RIGHTS: Final = sum(_RIGHTS[op] for op in ("write", "create", "mkdir", "delete", "rmdir"))
 _PASSING: Final = frozenset({Decision.ALLOW})
 _GLOB_CHARS: Final = frozenset("*?[{\\")
 
@@ -355,7 +356,10 @@ def plan(
 
     A family is trapped when a non-allow rule restricts its operations somewhere Landlock
     lets them through (or for ``audit``), or the file default restricts them and Landlock
-    does not. Moving or linking a protected file out of its place launders it, so rename
+    does not. When Landlock restricts writes, every write family (opens that may write,
+    delete, rename, link, symlink, mkdir, truncate) is trapped too, so that a write
+    Landlock would refuse silently is refused — and audited with its rule — here first.
+    Moving or linking a protected file out of its place launders it, so rename
     and link are trapped whenever any open is. ``protected`` (agentsh's state) adds the
     write families when a writable tree covers it. ``trash`` (the trash root: soft deletes
     are emulated), ``refuse_deletes`` and ``audit_deletes`` (trees) trap the delete family
@@ -373,7 +377,10 @@ def plan(
         notes.append(f"{SECTION}.write_only_opens: read rules are not enforced")
         reads = False
     exposed = _state_exposed(landlock, protected)
-    writes = exposed or _needed(policy, frozenset(WRITE_OPEN_OPS), reach) is not None
+    # Landlock refuses writes outside its writable trees without a word; trapped, each
+    # such call is refused here first, with the rule on stderr and in the audit log.
+    audited = landlock is not None and bool(landlock.handled_fs & _WRITE_RIGHTS)
+    writes = exposed or audited or _needed(policy, frozenset(WRITE_OPEN_OPS), reach) is not None
     # Without a trash store soft deletes are the FUSE view's: the monitor lets them run.
     passing = _PASSING | ({Decision.SOFT_DELETE} if trash is None else set())
     families = {
@@ -384,6 +391,8 @@ def plan(
     if not config.metadata and families & METADATA:
         notes.append(f"{SECTION}.intercept_metadata is off: chmod/chown rules are not enforced")
         families -= METADATA
+    if audited:
+        families |= set(FAMILIES) - METADATA
     if reads or writes:
         families |= {"rename", "link"}
     if refuse_deletes or audit_deletes:

@@ -19,6 +19,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -464,3 +465,34 @@ def test_deletes_are_audited_where_the_config_accepts_no_soft_delete(kit: Kit) -
     assert audited, result["events"]
     assert "gone.txt" in " ".join(audited[0]["argv"]) + audited[0]["message"]
     assert "blocked" not in result["err"]
+
+
+def test_a_write_landlock_refuses_is_refused_first_with_its_rule(kit: Kit) -> None:
+    # A policy that leaves the monitor nothing to enforce inside Landlock's writable trees:
+    # Landlock alone would refuse the write below silently; the monitor refuses it first,
+    # names the rule on stderr and records it. The target is in this test's Python prefix
+    # (read-only under Landlock whatever happens; never /usr or /etc of this machine).
+    target = Path(sys.prefix) / f"agentsh-monitor-probe-{os.getpid()}"
+    minimal = Policy(
+        1,
+        "minimal",
+        "<test>",
+        file_rules=(
+            FileRule("no-prefix", (f"{sys.prefix}/**",), ("write", "create"), Decision.DENY),
+            FileRule("tmp", ("/tmp/**",), ("*",), Decision.ALLOW),
+            FileRule("dev", ("/dev/**",), ("*",), Decision.ALLOW),
+        ),
+    )
+    runner = Runner(Kit(kit.base, kit.home, kit.work, minimal), "notify+landlock")
+    # Builtins only: this policy has no command rules, so every exec would be refused.
+    script = f'echo x > {target}; echo rc=$?; echo ok > {{w}}/fine.txt && echo "$(<{{w}}/fine.txt)"'
+    try:
+        result = runner.run(script)
+    finally:
+        if target.exists():
+            target.unlink()
+            pytest.fail(f"{target} was written")
+    assert "rc=1" in result["out"]
+    assert "ok" in result["out"], result["err"]
+    assert "(rule no-prefix)" in result["err"]
+    assert _file_denials(result, "no-prefix"), result["events"]

@@ -187,9 +187,9 @@ def test_a_read_deny_alone_traps_reads_renames_and_links_not_writes() -> None:
     assert {a.nr for a in args} == {filemon.NR_OPEN, filemon.NR_OPENAT}
 
 
-def test_deny_outside_every_writable_tree_is_left_to_landlock() -> None:
-    # /etc is not writable under Landlock: the write deny needs no trap; without
-    # Landlock the monitor is the only boundary and traps writes.
+def test_a_write_landlock_would_refuse_is_trapped_to_be_audited() -> None:
+    # /etc is not writable under Landlock, which refuses without a word: the monitor traps
+    # the write families so the refusal names its rule (stderr, audit). Reads stay free.
     pol = rules(
         ("ro-etc", ("/etc/**",), ("write", "create", "delete"), Decision.DENY),
         ("work", ("/work/**",), ("*",), Decision.ALLOW),
@@ -197,7 +197,10 @@ def test_deny_outside_every_writable_tree_is_left_to_landlock() -> None:
     pol = Policy(1, "t", "<t>", file_rules=pol.file_rules)
     ll = landlock.compile(pol, landlock.LandlockConfig(), abi=7, runtime=RUNTIME, analyse=False)
     with_ll = filemon.plan(pol, MonitorConfig(metadata=False), landlock=ll)
-    assert with_ll is None
+    assert with_ll is not None
+    assert with_ll.write_opens
+    assert not with_ll.read_opens
+    assert with_ll.families == set(filemon.FAMILIES) - filemon.METADATA
     without = filemon.plan(pol, MonitorConfig(metadata=False), landlock=None)
     assert without is not None
     assert without.write_opens
@@ -219,7 +222,6 @@ def test_deny_inside_a_writable_tree_traps_writes() -> None:
 def test_agentsh_state_under_a_writable_tree_is_always_guarded() -> None:
     pol = rules(("all", ("/**",), ("*",), Decision.ALLOW))
     ll = landlock.compile(pol, landlock.LandlockConfig(), abi=7, runtime=RUNTIME, analyse=False)
-    assert filemon.plan(pol, MonitorConfig(), landlock=ll) is None
     found = filemon.plan(pol, MonitorConfig(), landlock=ll, protected=("/etc/agentsh",))
     assert found is not None
     assert found.write_opens
@@ -479,14 +481,51 @@ def test_trash_and_refused_deletes_trap_the_delete_family() -> None:
     )
     pol = Policy(1, "t", "<t>", file_rules=pol.file_rules, file_default=Decision.ALLOW)
     ll = landlock.compile(pol, landlock.LandlockConfig(), abi=7, runtime=RUNTIME, analyse=False)
-    assert filemon.plan(pol, MonitorConfig(), landlock=ll) is None  # soft deletes: FUSE's
-    with_trash = filemon.plan(pol, MonitorConfig(), landlock=ll, trash="/var/lib/agentsh/trash")
+    without_ll = filemon.plan(pol, MonitorConfig(), landlock=None)
+    assert without_ll is None  # soft deletes are FUSE's; nothing else is restricted
+    with_trash = filemon.plan(pol, MonitorConfig(), landlock=None, trash="/var/lib/agentsh/trash")
     assert with_trash is not None
     assert with_trash.families == {"delete"}  # an overwriting rename stays real
     assert with_trash.trash == "/var/lib/agentsh/trash"
+    under_ll = filemon.plan(pol, MonitorConfig(), landlock=ll, trash="/var/lib/agentsh/trash")
+    assert under_ll is not None
+    assert "delete" in under_ll.families
     allow_all = Policy(1, "t", "<t>", file_default=Decision.ALLOW)
     refusing = filemon.plan(allow_all, MonitorConfig(), landlock=None, refuse_deletes=("/work",))
     assert refusing is not None
     assert refusing.families == {"delete", "rename"}
     assert not refusing.read_opens
     assert not refusing.write_opens
+
+
+def test_devices_every_program_uses_pass_unless_a_rule_names_them() -> None:
+    null = filecalls.Target("/dev/null", None, os.stat("/dev/null"))
+    default = Policy(1, "t", "<t>")  # writes denied by the file default
+    refused = engine.check_file(default, "write", "/dev/null")
+    assert not refused.allowed
+    assert fileguard.device_use(default, refused, null).allowed
+    naming = rules(("no-null", ("/dev/null",), ("write",), Decision.DENY))
+    named = engine.check_file(naming, "write", "/dev/null")
+    assert fileguard.device_use(naming, named, null) == named  # the rule names it
+    catch_all = rules(("nothing", ("**",), ("*",), Decision.DENY))
+    caught = engine.check_file(catch_all, "write", "/dev/null")
+    assert fileguard.device_use(catch_all, caught, null).allowed
+    disk = filecalls.Target("/dev/sda", None, os.stat("/dev/null"))
+    assert fileguard.device_use(default, refused, disk) == refused  # not in the list
+
+
+def test_world_readable_system_files_pass_a_catch_all_only(tmp_path: Path) -> None:
+    catch_all = rules(("nothing", ("**",), ("*",), Decision.DENY))
+    passwd = filecalls.Target("/etc/passwd", None, os.stat("/etc/passwd"))
+    refused = engine.check_file(catch_all, "read", "/etc/passwd")
+    assert fileguard.system_read(catch_all, refused, passwd).allowed
+    shadow = filecalls.Target("/etc/shadow", None, os.stat("/etc/shadow"))  # mode 0640
+    assert fileguard.system_read(catch_all, refused, shadow) == refused
+    named = rules(("no-passwd", ("/etc/passwd",), ("read",), Decision.DENY))
+    by_name = engine.check_file(named, "read", "/etc/passwd")
+    assert fileguard.system_read(named, by_name, passwd) == by_name
+    mine = tmp_path / "f"
+    mine.write_text("x")
+    mine.chmod(0o644)
+    outside = filecalls.Target(str(mine), None, mine.stat())  # not a system tree
+    assert fileguard.system_read(catch_all, refused, outside) == refused
