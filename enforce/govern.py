@@ -45,6 +45,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from agentsh.enforce import audit, bpf, engine, filemon, landlock, seccomp, supervisor
 from agentsh.enforce.bpf import ArgRule, FilterSpec
@@ -124,6 +125,12 @@ def is_governed() -> bool:
     except OSError as err:
         return err.errno == bpf.MARKER_ERRNO
     return False
+
+
+class Installable(Protocol):
+    """A supervisor forked and waiting: ``Pending`` or ``ptrace.TracedPending``."""
+
+    def install(self) -> None: ...
 
 
 class Pending:
@@ -207,9 +214,11 @@ def start(
     verify: bool = True,
     signals: engine.SignalChecker | None = None,
     files: filemon.Plan | None = None,
+    spawner: Callable[..., Installable | None] | None = None,
 ) -> bool:
-    """``spawn`` then ``install``: put this process, and everything it will start, under
-    exec supervision. Call it last before exec'ing ``first_exec``.
+    """``spawn`` (or ``spawner``: ``ptrace.spawn_traced``) then ``install``: put this
+    process, and everything it will start, under exec supervision. Call it last before
+    exec'ing ``first_exec``.
 
     Returns:
         True when a supervisor was started; False when already governed (no change).
@@ -217,7 +226,7 @@ def start(
     Raises:
         LayerUnavailable, InternalError: see ``spawn`` and ``Pending.install``.
     """
-    pending = spawn(
+    pending = (spawner or spawn)(
         checker_factory,
         sink_factory,
         first_exec=first_exec,

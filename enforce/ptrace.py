@@ -62,6 +62,7 @@ import contextlib
 import ctypes
 import enum
 import errno
+import functools
 import os
 import signal
 import socket
@@ -589,41 +590,12 @@ def spawn_traced(
     return TracedPending(ours, prog)
 
 
-def start_traced(
-    checker_factory: Callable[[], supervisor.Checker],
-    sink_factory: Callable[[], supervisor.Sink],
-    *,
-    first_exec: str,
-    session: str = "",
-    hardening: Hardening = Hardening(),
-    verify: bool = True,
-    signals: engine.SignalChecker | None = None,
-    files: filemon.Plan | None = None,
-) -> bool:
-    """``spawn_traced`` then ``install`` (the contract of ``govern.start``): put this
-    process, and everything it will start, under ptrace exec supervision. Call it last
-    before exec'ing ``first_exec``.
-
-    Returns:
-        True when a tracer was started; False when already governed (no change).
-
-    Raises:
-        LayerUnavailable, InternalError: see ``spawn_traced`` and ``TracedPending.install``.
-    """
-    pending = spawn_traced(
-        checker_factory,
-        sink_factory,
-        first_exec=first_exec,
-        session=session,
-        hardening=hardening,
-        verify=verify,
-        signals=signals,
-        files=files,
-    )
-    if pending is None:
-        return False
-    pending.install()
-    return True
+# ``spawn_traced`` then ``install`` (``govern.start``'s contract and keywords): put this
+# process, and everything it will start, under ptrace exec supervision. Call it last
+# before exec'ing ``first_exec``. True when a tracer was started; False when already
+# governed. Raises LayerUnavailable, InternalError (``spawn_traced``,
+# ``TracedPending.install``).
+start_traced = functools.partial(govern.start, spawner=spawn_traced)
 
 
 def _handshake(sock: socket.socket) -> None:
