@@ -395,7 +395,7 @@ def protected_inodes(policy: Policy) -> dict[tuple[int, int], str]:
     the session; new links are trapped) is judged under this name too."""
     out: dict[tuple[int, int], str] = {}
     for rule in policy.file_rules:
-        reads = "*" in rule.operations or {"read", "open"} & set(rule.operations)
+        reads = engine.covers(rule.operations, "open")  # read, open or list (or *)
         if rule.decision is Decision.ALLOW or not reads:
             continue
         for glob in (g for p in rule.paths for g in filemon.expand_braces(p)):

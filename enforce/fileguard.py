@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import audit, engine, filemon, landlock, seccomp, tracee
+from agentsh.enforce import audit, engine, filemon, seccomp, tracee
 from agentsh.enforce.filecalls import (
     LINKED,
     RESOLVE_IN_ROOT,
@@ -192,10 +192,8 @@ class Monitor:
             directory = st is not None and _stat.S_ISDIR(st.st_mode)
             ops = filemon.open_operations(flags, directory=directory, exists=st is not None)
             verdict = self.judge(ops, target, write=filemon.writes(flags), tid=tid)
-            if not verdict.allowed and not filemon.writes(flags):
-                verdict = system_read(self.plan.policy, verdict, target)
-            if not verdict.allowed and st is not None:  # opening the device, not making one
-                verdict = device_use(self.plan.policy, verdict, target)
+            if st is not None:  # built-in reliefs (engine): opening what exists
+                verdict = _relieved(self.plan.policy, verdict, target.path, flags, st)
             if not self._allowed(sup, note, f"{ops[-1]} {target.path}", verdict):
                 return
             if target.fd is not None and self._emulable(tid, flags, target):
@@ -481,51 +479,16 @@ class Monitor:
         sup.listener.fail(note.id, errno.EACCES)
 
 
-# System trees whose world-readable files a catch-all rule does not hide (system_read).
-SYSTEM_READABLE: Final = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
-_CATCH_ALL: Final = frozenset({"**", "/**"})
-
-
-# The devices and terminals every program may use (as Landlock grants them: enforce.landlock
-# DEVICES, TERMINALS and /dev/pts).
-_DEVICES: Final = frozenset((*landlock.DEVICES, *landlock.TERMINALS))
-
-
-def device_use(policy: Policy, verdict: Verdict, target: Target) -> Verdict:
-    """Opening /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom, /dev/tty,
-    /dev/ptmx or a /dev/pts terminal, refused only by the file default or a catch-all
-    rule, is allowed: bash's start-up writes to /dev/null, and a policy that never names
-    them cannot mean to break every shell. A rule that names the device still refuses."""
-    path = target.path
-    if path not in _DEVICES and not path.startswith("/dev/pts/"):
+def _relieved(
+    policy: Policy, verdict: Verdict, path: str, flags: int, st: os.stat_result
+) -> Verdict:
+    """``engine.device_relief``, and for a read-only open ``engine.system_read_relief``."""
+    verdict = engine.device_relief(policy, verdict, path)
+    if filemon.writes(flags):
         return verdict
-    rule = next((r for r in policy.file_rules if r.name == verdict.rule), None)
-    if rule is not None and not set(rule.paths) <= _CATCH_ALL:
-        return verdict
-    return Verdict(Decision.ALLOW, None, f"{path}: a device every program may use", path)
-
-
-def system_read(policy: Policy, verdict: Verdict, target: Target) -> Verdict:
-    """Opening a world-readable file or directory of a system tree for reading, refused
-    only by a catch-all rule (every path ``**``), is allowed: what every local user may
-    read is no secret, and tools read such files at start-up (git's /etc/gitconfig,
-    OpenSSL's openssl.cnf, pip's /etc/xdg/pip/pip.conf) — the seed policies' "deny
-    everything else" rules list a few of them and would break the rest. A rule that
-    names the path (``/etc/shadow``, ``/proc/**``) still refuses it; ``verdict`` is
-    returned unchanged then."""
-    st = target.st
-    rule = next((r for r in policy.file_rules if r.name == verdict.rule), None)
-    if (
-        st is None
-        or not st.st_mode & _stat.S_IROTH
-        or not (_stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode))
-        or rule is None
-        or not set(rule.paths) <= _CATCH_ALL
-        or not any(_under(target.path, tree) for tree in SYSTEM_READABLE)
-    ):
-        return verdict
-    why = f"{target.path} is readable by every user; catch-all rule {rule.name} does not hide it"
-    return Verdict(Decision.ALLOW, None, why, target.path)
+    shown = _stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode)
+    readable = shown and bool(st.st_mode & _stat.S_IROTH)
+    return engine.system_read_relief(policy, verdict, path, world_readable=readable)
 
 
 def _proc_self(path: str, tid: int) -> str:

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import shlex
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -285,12 +286,30 @@ def _evaluate(engine: Any, policy: Any, op: str, path: str) -> Verdict:
             argv = shlex.split(path)
             return engine.check_command(policy, argv or [path])  # type: ignore[no-any-return]
         case "file_read" | "file_write" | "file_delete":
-            return engine.check_file(policy, op.removeprefix("file_"), path)  # type: ignore[no-any-return]
+            return _file_verdict(engine, policy, op.removeprefix("file_"), path)
         case "net_connect":
             host, port = _host_port(path)
             return engine.check_network(policy, host, _ip_or_none(host), port)  # type: ignore[no-any-return]
         case _:
             raise UsageError(f"unknown --op {op}")
+
+
+def _file_verdict(engine: Any, policy: Any, op: str, path: str) -> Verdict:
+    """As the file monitor decides: the rules, then the engine's built-in reliefs for
+    devices and world-readable system files (it stats ``path``, as the monitor does)."""
+    verdict = engine.check_file(policy, op, path)
+    if op == "delete":
+        return verdict  # type: ignore[no-any-return]
+    verdict = engine.device_relief(policy, verdict, path)
+    if op == "read":
+        try:
+            st = os.stat(path)
+        except OSError:
+            return verdict  # type: ignore[no-any-return]
+        shown = stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+        readable = shown and bool(st.st_mode & stat.S_IROTH)
+        verdict = engine.system_read_relief(policy, verdict, path, world_readable=readable)
+    return verdict  # type: ignore[no-any-return]
 
 
 def _host_port(text: str) -> tuple[str, int]:

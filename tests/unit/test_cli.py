@@ -239,3 +239,21 @@ def test_validate_checks_the_layer_sections(
     code, _, err = _main(["policy", "validate", "--config", str(config)], capsys)
     assert code == 2
     assert f"{config}:3: landlock.allow_write" in err
+
+
+@pytest.mark.parametrize(
+    ("path", "decision"),
+    [("/etc/hostname", "allow"), ("/etc/shadow", "deny"), ("/proc/1/environ", "deny")],
+)
+def test_policy_test_explains_reads_as_the_file_monitor_decides(
+    path: str, decision: str, no_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # exe.dev refuses /etc/hostname only by its catch-all default-deny-files, and it is
+    # world-readable: allowed at run time, so `policy test` says so too.
+    policy = SEEDS / "exe.dev" / "default.yaml"
+    argv = ["policy", "test", "--config", str(no_config), "--policy", str(policy)]
+    code, out, _ = _main([*argv, "--op", "file_read", "--path", path, "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["decision"] == decision
+    code, out, _ = _main([*argv, "--op", "file_write", "--path", "/dev/null", "--json"], capsys)
+    assert json.loads(out)["decision"] == "allow"

@@ -499,33 +499,30 @@ def test_trash_and_refused_deletes_trap_the_delete_family() -> None:
 
 
 def test_devices_every_program_uses_pass_unless_a_rule_names_them() -> None:
-    null = filecalls.Target("/dev/null", None, os.stat("/dev/null"))
     default = Policy(1, "t", "<t>")  # writes denied by the file default
     refused = engine.check_file(default, "write", "/dev/null")
     assert not refused.allowed
-    assert fileguard.device_use(default, refused, null).allowed
+    assert engine.device_relief(default, refused, "/dev/null").allowed
+    assert engine.device_relief(default, refused, "/dev/pts/3").allowed
     naming = rules(("no-null", ("/dev/null",), ("write",), Decision.DENY))
     named = engine.check_file(naming, "write", "/dev/null")
-    assert fileguard.device_use(naming, named, null) == named  # the rule names it
+    assert engine.device_relief(naming, named, "/dev/null") == named  # the rule names it
     catch_all = rules(("nothing", ("**",), ("*",), Decision.DENY))
     caught = engine.check_file(catch_all, "write", "/dev/null")
-    assert fileguard.device_use(catch_all, caught, null).allowed
-    disk = filecalls.Target("/dev/sda", None, os.stat("/dev/null"))
-    assert fileguard.device_use(default, refused, disk) == refused  # not in the list
+    assert engine.device_relief(catch_all, caught, "/dev/null").allowed
+    assert engine.device_relief(default, refused, "/dev/sda") == refused  # not in the list
 
 
-def test_world_readable_system_files_pass_a_catch_all_only(tmp_path: Path) -> None:
+def test_world_readable_system_files_pass_a_catch_all_only() -> None:
     catch_all = rules(("nothing", ("**",), ("*",), Decision.DENY))
-    passwd = filecalls.Target("/etc/passwd", None, os.stat("/etc/passwd"))
     refused = engine.check_file(catch_all, "read", "/etc/passwd")
-    assert fileguard.system_read(catch_all, refused, passwd).allowed
-    shadow = filecalls.Target("/etc/shadow", None, os.stat("/etc/shadow"))  # mode 0640
-    assert fileguard.system_read(catch_all, refused, shadow) == refused
+    relief = engine.system_read_relief
+    assert relief(catch_all, refused, "/etc/passwd", world_readable=True).allowed
+    assert relief(catch_all, refused, "/etc/shadow", world_readable=False) == refused
     named = rules(("no-passwd", ("/etc/passwd",), ("read",), Decision.DENY))
     by_name = engine.check_file(named, "read", "/etc/passwd")
-    assert fileguard.system_read(named, by_name, passwd) == by_name
-    mine = tmp_path / "f"
-    mine.write_text("x")
-    mine.chmod(0o644)
-    outside = filecalls.Target(str(mine), None, mine.stat())  # not a system tree
-    assert fileguard.system_read(catch_all, refused, outside) == refused
+    assert relief(named, by_name, "/etc/passwd", world_readable=True) == by_name
+    outside = engine.check_file(catch_all, "read", "/srv/data")
+    assert relief(catch_all, outside, "/srv/data", world_readable=True) == outside
+    sideways = engine.check_file(catch_all, "read", "/etcetera/x")
+    assert relief(catch_all, sideways, "/etcetera/x", world_readable=True) == sideways
