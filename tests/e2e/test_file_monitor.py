@@ -17,10 +17,14 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import socket
+import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +153,9 @@ class Runner:
             landlock.apply(self.ruleset)
         pending.install()
 
-    def run(self, script: str) -> dict[str, Any]:
+    def run(self, script: str, during: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """``during``, when given, runs in a thread with the supervisor's pid while the
+        script runs (the pid comes from the peer credentials of its lifeline)."""
         n = next(self.count)
         lifeline = f"\0agentsh-filemon-{os.getpid()}-{n}"
         life = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -166,11 +172,23 @@ class Runner:
             env=env,
             cwd=self.kit.work,
         )
+        life.settimeout(30)
+        conn = None
+        worker = None
         try:
+            if during is not None:
+                conn, _ = life.accept()
+                pid = struct.unpack(
+                    "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                )[0]
+                worker = threading.Thread(target=during, args=(pid,), daemon=True)
+                worker.start()
             out, err = proc.communicate(timeout=120)
         finally:
             proc.kill()
-        exited = _await_eof(life, 30)
+        if worker is not None:
+            worker.join(30)
+        exited = _await_eof(life, 30, conn)
         lines = events.read_text().splitlines() if events.exists() else []
         return {
             "rc": proc.returncode,
@@ -181,10 +199,11 @@ class Runner:
         }
 
 
-def _await_eof(life: socket.socket, timeout: float) -> bool:
+def _await_eof(life: socket.socket, timeout: float, conn: socket.socket | None = None) -> bool:
     life.settimeout(timeout)
     try:
-        conn, _ = life.accept()
+        if conn is None:
+            conn, _ = life.accept()
         conn.settimeout(timeout)
         with conn:
             while conn.recv(64):
@@ -197,7 +216,7 @@ def _await_eof(life: socket.socket, timeout: float) -> bool:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def runner(request: pytest.FixtureRequest, kit: Kit) -> Iterator[Runner]:
+def runner(request: pytest.FixtureRequest, kit: Kit) -> Runner:
     return Runner(kit, request.param)
 
 
@@ -322,6 +341,47 @@ def test_ordinary_work_keeps_working(runner: Runner, name: str) -> None:
     assert "blocked by policy" not in result["err"], result["err"]
     assert not [e for e in result["events"] if e["decision"] == "deny"], result["events"]
     assert result["exited"]
+
+
+STORM_SCRIPT = (
+    'python3 -c "import os, time\n'
+    "st = os.stat('{w}/storm')\n"
+    "end, opens, wrong = time.time() + 3, 0, 0\n"
+    "while time.time() < end:\n"
+    "    fd = os.open('{w}/storm', os.O_RDONLY)\n"
+    "    s = os.fstat(fd)\n"
+    "    wrong += (s.st_dev, s.st_ino) != (st.st_dev, st.st_ino)\n"
+    "    os.close(fd) if fd > 2 else None\n"
+    "    opens += 1\n"
+    'print(opens, wrong)"'
+)
+
+
+@pytest.mark.parametrize("mode", ["notify", "notify+landlock"])  # ptrace injects no fd
+def test_signals_to_the_supervisor_never_hand_out_a_wrong_fd(kit: Kit, mode: str) -> None:
+    """A signal to the supervisor while it injects an fd (ADDFD with SEND) must not
+    turn the open into a "success" with fd 0: without the signal mask around that call,
+    849 of 917 opens returned stdin here under this stream of SIGCHLD (and bash's own
+    loader got fd 0 for libc)."""
+    runner = Runner(kit, mode)
+    (kit.work / "storm").write_text("storm\n")
+    sent = [0]
+
+    def storm(pid: int) -> None:
+        end = time.time() + 2.5
+        while time.time() < end:
+            try:
+                os.kill(pid, signal.SIGCHLD)
+            except ProcessLookupError:
+                return
+            sent[0] += 1
+
+    result = runner.run(STORM_SCRIPT, during=storm)
+    assert result["rc"] == 0, result
+    opens, wrong = map(int, result["out"].split())
+    assert sent[0] > 1000, sent
+    assert opens > 50, opens
+    assert wrong == 0, f"{wrong} of {opens} opens returned another file"
 
 
 def test_the_plan_traps_what_the_default_policy_needs(runner: Runner) -> None:
