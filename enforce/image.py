@@ -13,6 +13,7 @@ import os
 import stat as _stat
 import time
 
+from agentsh.enforce import elf
 from agentsh.enforce.record import dataclass
 from agentsh.enforce.tracee import (
     AT_EMPTY_PATH,
@@ -39,6 +40,7 @@ class Image:
     head: bytes  # the first BINPRM_BUF_SIZE bytes
     trusted_alias: bool = False  # see trusted_alias()
     sig: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # dev, ino, size, mtime, ctime (ns)
+    loader: bool = False  # a dynamic loader, whatever its name (enforce.elf)
 
 
 class _OpenHow(ctypes.Structure):
@@ -230,13 +232,13 @@ def resolve(tid: int, call: ExecArgs, *, same_view: bool | None = None) -> Image
         if hit is not None and hit[0] == sig:
             return hit[1]
         canonical = os.readlink(b"/proc/self/fd/%d" % fd).decode("utf-8", "surrogateescape")
-        head = _head(fd, canonical)
+        head, loader = _head(fd, canonical)
     finally:
         os.close(fd)
     alias = os.path.basename(call.path) != os.path.basename(canonical).encode(
         "utf-8", "surrogateescape"
     ) and trusted_alias(tid, call)
-    image = Image(canonical, st.st_dev, st.st_ino, head, alias, sig)
+    image = Image(canonical, st.st_dev, st.st_ino, head, alias, sig, loader)
     if key and settled(sig):
         if len(_CACHE) >= CACHE_MAX:
             _CACHE.clear()
@@ -275,14 +277,18 @@ def trusted_alias(tid: int, call: ExecArgs) -> bool:
     return dst.st_uid == 0 and not dst.st_mode & 0o022
 
 
-def _head(pathfd: int, canonical: str) -> bytes:
+def _head(pathfd: int, canonical: str) -> tuple[bytes, bool]:
+    """The file's first bytes, and whether it is a dynamic loader."""
     # Reopen the very file (not the path again) to read its first bytes.
     try:
         rfd = os.open(b"/proc/self/fd/%d" % pathfd, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as err:
         raise Unreadable(f"cannot read {canonical} to check it: {err.strerror}") from err
     try:
-        return os.pread(rfd, BINPRM_BUF_SIZE, 0)
+        head = os.pread(rfd, BINPRM_BUF_SIZE, 0)
+        return head, elf.is_loader(rfd, head)
+    except OSError as err:
+        raise Unreadable(f"cannot read {canonical} to check it: {err.strerror}") from err
     finally:
         os.close(rfd)
 

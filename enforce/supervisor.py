@@ -92,6 +92,8 @@ class ExecRequest(NamedTuple):
         trusted_alias: ``raw_path`` is a symlink only root could have made, so its name
             may stand for the program (``/usr/bin/python3`` for ``python3.11``).
         depth_of: computes ``depth`` (see there) when first asked.
+        loader: the file is a dynamic loader (``enforce.elf``), whatever its name: its
+            first operand is a program it runs without another exec.
     """
 
     pid: int
@@ -102,6 +104,7 @@ class ExecRequest(NamedTuple):
     script: str | None = None
     trusted_alias: bool = False
     depth_of: Callable[[], int | None] = lambda: None
+    loader: bool = False
 
     @property
     def depth(self) -> int | None:
@@ -730,7 +733,9 @@ def _request(
     script: str | None,
 ) -> ExecRequest:
     raw = _text(call.path)
-    return ExecRequest(tid, img.path, raw, _texts(argv), where, script, img.trusted_alias, depth)
+    return ExecRequest(
+        tid, img.path, raw, _texts(argv), where, script, img.trusted_alias, depth, img.loader
+    )
 
 
 def _line(what: str, event: audit.Event) -> str:

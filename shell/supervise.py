@@ -6,7 +6,8 @@ the precheck answers it for a command line (ARCHITECTURE §3 step 8).
 1. judges the program under each of its names with ``engine.check_command`` — the file
    the kernel really runs (symlinks resolved), the path as the caller wrote it, and
    ``argv[0]`` (``exec -a``, busybox-style applets; a login shell's leading ``-`` and a
-   ``.real`` suffix are ignored). A name an explicit rule refuses refuses the exec: an
+   ``.real`` suffix are ignored), and ``ld.so`` when the file is a dynamic loader under
+   any name (``ExecRequest.loader``). A name an explicit rule refuses refuses the exec: an
    alias cannot launder ``sudo``. A name can only *grant* the exec when it is the real
    file, or a symlink the governed tree cannot have made: owned by root in a directory
    only root may write (``ExecRequest.trusted_alias``) *and* where this policy refuses
@@ -41,9 +42,9 @@ CACHE_SIZE = 4096
 
 class _Checker:
     """``make_checker``'s result. ``pure``: the verdict is a function of the request's
-    ``path``, ``raw_path``, ``argv`` and ``trusted_alias`` alone (never of its pid, cwd
-    or depth), so the supervisor may reuse an allow for an identical exec of the same,
-    unchanged file (``enforce.fastpath``)."""
+    ``path``, ``raw_path``, ``argv``, ``trusted_alias`` and ``loader`` alone (never of its
+    pid, cwd or depth), so the supervisor may reuse an allow for an identical exec of the
+    same, unchanged file (``enforce.fastpath``)."""
 
     pure = True
 
@@ -76,6 +77,8 @@ def names(req: ExecRequest, policy: Policy) -> tuple[tuple[str, ...], tuple[str,
         if not name or name in granting or name in others:
             continue
         (granting if grants else others).append(name)
+    if req.loader:  # a renamed ld.so still runs its operand: judge it as the loader too
+        others.append(wrappers.LOADER)
     return tuple(granting), tuple(others)
 
 

@@ -9,7 +9,9 @@ take a value consume it, ``--`` ends options, long options may be abbreviated, a
 option we do not know makes the payload opaque rather than guessed — a wrong guess could
 take ``sudo`` for an option value.
 
-Decisions: ``strace``/``ltrace`` are wrappers (they start their operand); ``bash FILE``
+Decisions: ``strace``/``ltrace`` are wrappers (they start their operand), and so is the
+dynamic loader (``/lib64/ld-linux-x86-64.so.2 /usr/bin/ssh`` runs ssh without an exec of
+it; ``--list``/``--verify`` only inspect, as ``ldd`` does); ``bash FILE``
 is not unwrapped (the script is checked when that governed bash starts, and by exec
 supervision), ``bash -c STRING`` is, and a shell reading standard input is ``Stdin``;
 ``command -v``/``-V``, ``sudo -l``/``-e``/``-v``, ``ionice -p``, ``chrt -p``, ``taskset -p``
@@ -465,6 +467,22 @@ _TIME = _Spec(
 _STRACE = _Spec(flags="cCdDfFhiknqrtTvVwxyYzZ", with_arg="abeEIoOpPsSuUX")
 _LTRACE = _Spec(flags="bcCfhiLrStTV", with_arg="aADeFlnopsuwx")
 
+# The dynamic loader run as a program (``ld.so [OPTION]... PROGRAM [ARG]...``) loads and
+# runs PROGRAM in its own process: no second exec for supervision to see. Its options are
+# glibc's (elf/rtld.c) and musl's; with one of _LOADER_NO_RUN it only inspects PROGRAM.
+_LOADER_SPEC = _Spec(
+    long_flags=_longs("list verify inhibit-cache list-tunables list-diagnostics help version"),
+    long_with_arg=_longs(
+        "library-path glibc-hwcaps-prepend glibc-hwcaps-mask inhibit-rpath audit preload argv0"
+    ),
+)
+_LOADER_NO_RUN = tuple(_longs("list verify list-tunables list-diagnostics help version"))
+_loader = _simple(_LOADER_SPEC, none_if=_LOADER_NO_RUN)
+# Loader file names: ld.so, ld-linux-x86-64.so.2, ld-linux.so.2, ld64.so.2, ld-2.31.so,
+# ld-musl-x86_64.so.1 (a name matching this is unwrapped as the loader).
+LOADER_NAME = re.compile(r"ld(-linux[-\w]*|64|-musl-[-\w]+|-\d+(\.\d+)*)?\.so(\.\d+)*")
+LOADER = "ld.so"  # the name a loader is judged under when only its content says so
+
 _HANDLERS: dict[str, _Handler] = {
     "env": _env,
     "sudo": _sudo,
@@ -511,6 +529,7 @@ _HANDLERS: dict[str, _Handler] = {
     "strace": _simple(_STRACE),
     "ltrace": _simple(_LTRACE),
     "busybox": _busybox,
+    **dict.fromkeys(("ld.so", "ld-linux-x86-64.so.2", "ld-linux.so.2", "ld64.so.2"), _loader),
     **dict.fromkeys(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "rbash"), _shell),
 }
 
@@ -529,7 +548,7 @@ def unwrap(args: Sequence[Arg]) -> Unwrapped | None:
     if not args or args[0].value is None:
         return None
     name = name_of(args[0].value)
-    handler = _HANDLERS.get(name)
+    handler = _HANDLERS.get(name) or (_loader if LOADER_NAME.fullmatch(name) else None)
     if handler is None:
         return None
     try:

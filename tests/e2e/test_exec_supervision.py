@@ -328,6 +328,8 @@ PY_CTYPES_EXECVE = (
     "sys.exit(ctypes.get_errno())"
 )
 
+LD_SO = "/lib64/ld-linux-x86-64.so.2"
+
 OWN_ESCAPES = [
     ("plain", "sudo id"),
     ("command", "command sudo id"),
@@ -409,6 +411,15 @@ OWN_ESCAPES = [
     ("nc", "nc -l 9999"),
     ("socat", "socat - TCP:127.0.0.1:1"),
     ("pty-spawn", "python3 -c \"import pty, sys; sys.exit(pty.spawn(['sudo', 'id']) != 0)\""),
+    # The dynamic loader runs its operand in its own process: no exec of sudo follows.
+    ("ld-so", f'{LD_SO} "$FAKE/sudo" id'),
+    ("ld-so-options", f'{LD_SO} --inhibit-cache --argv0 ls -- "$FAKE/sudo" id'),
+    ("ld-so-symlink", f'ln -s {LD_SO} ./helper && ./helper "$FAKE/sudo" id'),
+    ("ld-so-renamed-copy", f'cp {LD_SO} ./helper && ./helper "$FAKE/sudo" id'),
+    (
+        "ld-so-python-execv",
+        f"python3 -c \"import os; os.execv('{LD_SO}', ['x', os.environ['FAKE'] + '/sudo'])\"",
+    ),
 ]
 
 
@@ -464,6 +475,9 @@ def test_fakes_do_run_outside_supervision(kit: Kit, tmp_path: Path) -> None:
         # an allowed program through a descriptor (resolved in the tracee, not the supervisor)
         ("exec 7</usr/bin/echo; /dev/fd/7 via-dev-fd", "via-dev-fd"),
         ("exec 8</usr/bin/echo; /proc/self/fd/8 via-proc-fd", "via-proc-fd"),
+        # the loader runs an allowed program; ldd (the loader with --verify, then tracing)
+        (f"{LD_SO} /usr/bin/echo via-loader", "via-loader"),
+        ("ldd /usr/bin/echo", "libc.so.6"),
     ],
 )
 def test_allowed_work_still_works(gov: Governed, script: str, expected: str) -> None:

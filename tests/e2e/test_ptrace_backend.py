@@ -1,7 +1,7 @@
 """Issue 3 item 3: exec supervision by ptrace, end to end on the real kernel.
 
 Everything runs inside an overlay root (/usr, /etc, /var are copies), where /usr/bin/sudo
-is a fake: a ``#!/bin/sh`` script that only appends to a marker file. Each escape is run
+is a fake: a small C program that only appends to a marker file. Each escape is run
 ungoverned first (the marker must appear: the row really reaches sudo), then governed by
 ``ptrace.start_traced`` — and, as a conformance check that both backends behave alike,
 by the notify backend's ``govern.start``. A governed row must leave no marker, exit
@@ -43,7 +43,25 @@ BASH = "/usr/bin/bash"
 SUDO = Path("/usr/bin/sudo")
 MARKER = Path("/var/tmp/agentsh-fake-sudo.ran")
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C"}
-FAKE_SUDO = f'#!/bin/sh\necho "$0 $*" >> {MARKER}\nexit 0\n'
+# An ELF, so that the dynamic loader can run it as its operand too (ld.so rows).
+FAKE_SUDO_C = (
+    "#include <stdio.h>\n"
+    "int main(int argc, char **argv) {\n"
+    f'    FILE *f = fopen("{MARKER}", "a");\n'
+    '    for (int i = 0; f && i < argc; i++) fprintf(f, "%s ", argv[i]);\n'
+    "    if (f) fclose(f);\n"
+    "    return 0;\n"
+    "}\n"
+)
+
+
+def _install_fake_sudo() -> None:
+    src = Path("/var/tmp/agentsh-fake-sudo.c")
+    src.write_text(FAKE_SUDO_C)
+    subprocess.run(["gcc", "-O1", "-o", str(SUDO), str(src)], check=True)
+    SUDO.chmod(0o755)
+
+
 SUDO_RULES = {"block-privilege-escalation", precheck.DEPTH_RULE, "exec-changed"}
 BACKENDS = ("ptrace", "notify")
 
@@ -113,6 +131,8 @@ ESCAPES: dict[str, str] = {
     "shebang-script": "printf '#!/bin/sh\\nsudo id\\n' > {w}/s.sh && chmod +x {w}/s.sh && {w}/s.sh",
     "thread-exec": f"python3 -c {shlex.quote(_PY_THREAD_EXEC)} /usr/bin/sudo id",
     "env-in-subshell-pipe": "( echo id | env -i /usr/bin/env sudo ) | cat; exit ${{PIPESTATUS[0]}}",
+    "ld-so": "/lib64/ld-linux-x86-64.so.2 /usr/bin/sudo id",
+    "ld-so-renamed-copy": "cp /lib64/ld-linux-x86-64.so.2 {w}/loader && {w}/loader /usr/bin/sudo",
 }
 # Daemons outlive the bash that started them and record their own exit status. The name
 # is computed (``$x``) so that the exec of the daemon itself passes the check: only its
@@ -273,8 +293,7 @@ def _wait_for(cond: Callable[[], bool], timeout: float) -> bool:
 
 
 def _scenario(backend: str, work: Path) -> dict[str, Any]:
-    SUDO.write_text(FAKE_SUDO)
-    SUDO.chmod(0o755)
+    _install_fake_sudo()
     runner = Runner(backend, work)
     r: dict[str, Any] = {"escape": {}, "allowed": {}}
     for name, script in {**ESCAPES, **DAEMONS}.items():
@@ -392,8 +411,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
         work.mkdir()
 
         def step() -> Any:
-            SUDO.write_text(FAKE_SUDO)
-            SUDO.chmod(0o755)
+            _install_fake_sudo()
             return fn(Runner("ptrace", work))
 
         return overlay_mod.call_in_overlay(step, base / f"overlay{next(count)}", timeout=120)

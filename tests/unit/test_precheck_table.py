@@ -596,6 +596,12 @@ def _payload_argv(u: wrappers.Unwrapped | None) -> list[object]:
         ("chrt -p 10 123", []),
         ("busybox ls -l", [("ls", "-l")]),
         ("busybox --list", []),
+        ("/lib64/ld-linux-x86-64.so.2 /usr/bin/ssh -V", [("/usr/bin/ssh", "-V")]),
+        ("ld.so --inhibit-cache --argv0 ls -- sudo id", [("sudo", "id")]),
+        ("/lib/ld-musl-x86_64.so.1 --preload x.so nc", [("nc",)]),
+        ("ld-2.31.so --library-path /opt/lib sudo", [("sudo",)]),
+        ("ld.so --list /usr/bin/ssh", []),  # what ldd shows: nothing runs
+        ("ld.so --verify /usr/bin/ssh", []),
         ("/usr/bin/env.real ls", [("ls",)]),
     ],
 )

@@ -61,8 +61,11 @@ def _policy(text: str) -> Policy:
     return loader.loads(text, "test.yaml", {"HOME": "/root"})
 
 
-def req(path: str, *argv: str, raw: str | None = None, alias: bool = False) -> ExecRequest:
-    return ExecRequest(1, path, raw if raw is not None else path, argv, "/tmp", trusted_alias=alias)
+def req(
+    path: str, *argv: str, raw: str | None = None, alias: bool = False, loader: bool = False
+) -> ExecRequest:
+    raw = raw if raw is not None else path
+    return ExecRequest(1, path, raw, argv, "/tmp", trusted_alias=alias, loader=loader)
 
 
 DENY = supervise.make_checker(_policy(DENY_LIST))
@@ -92,6 +95,10 @@ ALLOW = supervise.make_checker(_policy(ALLOW_LIST))
         (req("/bin/sh", "sh", "-c", "x=1; for i in 1; do nc -l 9; done"), "no-nc"),
         (req("/bin/bash", "bash", "-c", "bash -c \"sh -c 'sudo id'\""), "no-sudo"),
         (req("/usr/bin/git", "git", "push", "origin", "--force"), "no-force-push"),
+        # the dynamic loader runs its operand in its own process: no exec of it follows
+        (req("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "ld", "/usr/bin/sudo"), "no-sudo"),
+        # ... also a renamed copy, known by its content (ExecRequest.loader)
+        (req("/tmp/innocent", "innocent", "--argv0", "ls", "nc", loader=True), "no-nc"),
     ],
 )
 def test_refused(request_: ExecRequest, rule: str) -> None:
@@ -109,6 +116,9 @@ def test_refused(request_: ExecRequest, rule: str) -> None:
         req("/bin/bash", "bash", "-c", 'x=ls; $x; eval "$(echo true)"'),
         req("/usr/bin/env", "env", "ls"),
         req("/usr/bin/python3.11", "python3", "-c", "import os; os.system('id')"),
+        # ldd: the loader lists what a program needs and runs nothing
+        req("/tmp/innocent", "ld", "--list", "/usr/bin/sudo", loader=True),
+        req("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "ld", "/usr/bin/ls"),
     ],
 )
 def test_allowed(request_: ExecRequest) -> None:
