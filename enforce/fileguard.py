@@ -537,7 +537,10 @@ def addfd_send(listener: int, nid: int, srcfd: int, *, cloexec: bool) -> int:
     wait withdraws the fd but not the answer, and the target's syscall returns 0 — an open
     "succeeds" with fd 0, stdin (seen here: 849 of 917 opens under a stream of SIGCHLD,
     which the supervisor gets from every thread it holds at an exec boundary). A blocked
-    signal does not interrupt the wait; it is delivered when the call returns.
+    signal does not interrupt the wait; it is delivered when the call returns. What still
+    interrupts it is a debugger attaching to the supervisor (py-spy, gdb, strace -p): the
+    governed tree cannot (Landlock's ptrace rule and the filter keep it out), but an
+    operator debugging a live supervisor can make a traced open return 0.
 
     Raises:
         OSError: ENOENT when the notification is gone; EMFILE when the target is full.
