@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from agentsh.enforce import audit, bpf, engine, filemon, landlock, seccomp, supervisor
+from agentsh.enforce import audit, bpf, engine, fdowner, filemon, landlock, seccomp, supervisor
 from agentsh.enforce.bpf import ArgRule, FilterSpec
 from agentsh.enforce.errors import InternalError, LayerUnavailable
 from agentsh.enforce.record import dataclass
@@ -55,7 +55,7 @@ from agentsh.enforce.record import dataclass
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
 PERSONALITY_QUERY, PER_LINUX = 0xFFFFFFFF, 0
-NR_IOCTL, NR_PERSONALITY = 16, 135
+NR_IOCTL, NR_PERSONALITY, NR_VHANGUP = 16, 135, 153
 
 _GROUPS: dict[str, tuple[int, ...]] = {
     "mount": (165, 166, 155, 428, 429, 430, 431, 432, 433, 442),
@@ -73,7 +73,7 @@ class Hardening:
     """Which syscall groups the filter supervises besides exec (issue 3 item 4); each is
     refused with EPERM and audited when it fires. One field per config switch."""
 
-    signals: bool = True  # kill & co: only within the governed tree
+    signals: bool = True  # kill & co and F_SETOWN & co: only within the governed tree
     ptrace: bool = True  # ptrace attach and pidfd_getfd: only within the tree
     mount: bool = True  # mount, umount2, pivot_root and the new mount API
     kernel: bool = True  # kexec_*, module loading, reboot, iopl/ioperm
@@ -82,7 +82,7 @@ class Hardening:
     io_uring: bool = True
     process_vm_writev: bool = True
     open_by_handle: bool = True
-    tty_injection: bool = True  # TIOCSTI, TIOCLINUX
+    tty_injection: bool = True  # TIOCSTI, TIOCLINUX, vhangup
     personality: bool = True  # personality() changes (queries pass)
 
 
@@ -111,8 +111,15 @@ def filter_spec(
     for group, nrs in _GROUPS.items():
         if getattr(hardening, group):
             notify += nrs
+    ioctls: list[int] = []
+    if hardening.signals:  # the owner the kernel signals on I/O (enforce.fdowner)
+        ioctls += fdowner.IOCTL_COMMANDS
+        args.append(ArgRule(fdowner.NR_FCNTL, 1, fdowner.FCNTL_COMMANDS, "notify", "allow"))
     if hardening.tty_injection:
-        args.append(ArgRule(NR_IOCTL, 1, (TIOCSTI, TIOCLINUX), "notify", "allow"))
+        ioctls += (TIOCSTI, TIOCLINUX)
+        notify.append(NR_VHANGUP)
+    if ioctls:
+        args.append(ArgRule(NR_IOCTL, 1, tuple(ioctls), "notify", "allow"))
     if hardening.personality:
         args.append(ArgRule(NR_PERSONALITY, 0, (PERSONALITY_QUERY, PER_LINUX), "allow", "notify"))
     return FilterSpec(notify=tuple(notify), args=tuple(args), trace=trace)

@@ -59,7 +59,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from agentsh.enforce import audit, boundary, engine, fastpath, image, seccomp, signaltarget, tracee
+from agentsh.enforce import (
+    audit,
+    boundary,
+    engine,
+    fastpath,
+    fdowner,
+    image,
+    seccomp,
+    signaltarget,
+    tracee,
+)
 from agentsh.enforce.errors import AuditUnavailable
 from agentsh.enforce.policy import Decision, Policy, Verdict
 from agentsh.enforce.signals import SignalTarget
@@ -179,6 +189,7 @@ HARDENED: dict[int, tuple[str, str]] = {
     311: ("process_vm_writev", "writing another process's memory"),
     304: ("open_by_handle_at", "opening files by handle (it bypasses path checks)"),
     16: ("ioctl", "terminal input injection (TIOCSTI/TIOCLINUX)"),
+    153: ("vhangup", "hanging up the terminal (it signals every process that uses it)"),
     135: ("personality", "changing the execution domain (personality)"),
 }
 
@@ -373,6 +384,8 @@ class Supervisor:
             # From now on every exec checks the caller's root and mount namespace.
             self.views_changed = True
             self.listener.allow(note.id)
+        elif fdowner.traps(note):
+            fdowner.handle(self, note)
         else:
             self._harden(note)
 
@@ -522,7 +535,7 @@ class Supervisor:
         self._admitted(note, allowed, why, changed)
 
     def _refuse_exec(self, note: seccomp.Notification, req: ExecRequest, verdict: Verdict) -> None:
-        self._refuse(
+        self.refuse(
             note, " ".join(req.argv) or req.raw_path, self._event(req, verdict), errno.EACCES
         )
 
@@ -557,7 +570,7 @@ class Supervisor:
         if sig == 0 and not groups and pids != [-1]:
             self.listener.allow(note.id)  # an existence probe changes nothing
             return
-        verdict = self._signal_refusal(note.pid, pids, groups, sig)
+        verdict = self.signal_refusal(note.pid, pids, groups, sig)
         what = f"{name}({', '.join(map(str, pids + [-g for g in groups]))}, {_signame(sig)})"
         decision = verdict.decision.value if verdict.allowed else "deny"
         event = audit.Event(
@@ -573,13 +586,13 @@ class Supervisor:
             "signal",
         )
         if not verdict.allowed:
-            self._refuse(note, what, event, errno.EPERM)
+            self.refuse(note, what, event, errno.EPERM)
             return
         self.listener.allow(note.id)
         if verdict.rule is not None:  # a rule decided (the built-in allow is not audited)
             self.record(event)
 
-    def _signal_refusal(self, caller: int, pids: list[int], groups: list[int], sig: int) -> Verdict:
+    def signal_refusal(self, caller: int, pids: list[int], groups: list[int], sig: int) -> Verdict:
         """The first refusal among the processes ``pids`` and ``groups`` reach, else the
         first verdict a rule gave, else the built-in allow. ``kill -1`` is always refused:
         it reaches every process, pid 1 and the supervisor included."""
@@ -622,17 +635,17 @@ class Supervisor:
         rule = f"{name}-{refusal[0].removeprefix('signal-')}"
         message = f"{name} of process {target} outside the governed tree is not allowed"
         event = self._syscall_event(note.pid, f"{name}({target})", rule, message, "syscall")
-        self._refuse(note, f"{name}({target})", event, errno.EPERM)
+        self.refuse(note, f"{name}({target})", event, errno.EPERM)
 
     def _harden(self, note: seccomp.Notification) -> None:
         name, what = HARDENED.get(note.nr, (f"syscall {note.nr}", "this system call"))
         message = f"{what} is not allowed in a governed shell"
         event = self._syscall_event(note.pid, name, f"deny-{name}", message, "syscall")
-        self._refuse(note, name, event, errno.EPERM)
+        self.refuse(note, name, event, errno.EPERM)
 
     # ------------------------------------------------------------------ refusing, audit
 
-    def _refuse(self, note: seccomp.Notification, what: str, event: audit.Event, err: int) -> None:
+    def refuse(self, note: seccomp.Notification, what: str, event: audit.Event, err: int) -> None:
         """Tell the process (one line on its stderr), audit, then fail the syscall."""
         self.tell(note.pid, _line(what, event))
         self.record(event, urgent=True)

@@ -151,8 +151,38 @@ _PY_MOUNT = "import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
     "r = libc.mount(b'none', sys.argv[1].encode(), b'tmpfs', 0, None); "
     "print(r, os.strerror(ctypes.get_errno()))"
 )
+# The owner the kernel signals on I/O (F_SETSIG may later pick SIGKILL): set with a value
+# (F_SETOWN) or through memory (F_SETOWN_EX, FIOSETOWN on a socket). Prints "-1 <error>".
+_PY_OWNER = "import fcntl, os, socket, struct, sys\n" + (
+    "kind = sys.argv[1]\n"
+    "who = os.getpid() if sys.argv[2] == 'self' else int(sys.argv[2])\n"
+    "a, b = socket.socketpair()\n"
+    "try:\n"
+    "    if kind == 'setown': fcntl.fcntl(a, fcntl.F_SETOWN, who)\n"
+    "    elif kind == 'setown-ex': fcntl.fcntl(a, 15, struct.pack('ii', 1, who))\n"
+    "    else: fcntl.ioctl(a, 0x8901, struct.pack('i', who))\n"
+    "    print(0, fcntl.fcntl(a, fcntl.F_GETOWN) == who)\n"
+    "except OSError as e: print(-1, e.strerror)\n"
+)
+_PY_VHANGUP = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
+    "r = libc.vhangup(); print(r, os.strerror(ctypes.get_errno()))"
+)
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
+    "owner-outside": (
+        f"python3 -c {shlex.quote(_PY_OWNER)} setown {{outside}}",
+        "signal-outside-tree",
+    ),
+    "owner-ex-outside": (
+        f"python3 -c {shlex.quote(_PY_OWNER)} setown-ex {{outside}}",
+        "signal-outside-tree",
+    ),
+    "owner-ioctl-outside": (
+        f"python3 -c {shlex.quote(_PY_OWNER)} fiosetown {{outside}}",
+        "signal-outside-tree",
+    ),
+    "owner-init": (f"python3 -c {shlex.quote(_PY_OWNER)} setown 1", "signal-init"),
+    "vhangup": (f"python3 -c {shlex.quote(_PY_VHANGUP)}", "deny-vhangup"),
     "mount": (f"mkdir -p {{w}}/mnt && python3 -c {shlex.quote(_PY_MOUNT)} {{w}}/mnt", "deny-mount"),
     "ptrace-outside": (f"python3 -c {shlex.quote(_PY_SEIZE)} {{outside}}", "ptrace-outside-tree"),
 }
@@ -162,6 +192,12 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "pipeline": ("printf 'b\\na\\nc\\n' | sort | tr a-z A-Z | head -n 2", "A\nB\n"),
     "make": ("printf 'all:\\n\\t@echo made\\n' > {w}/Makefile && make -s -C {w}", "made\n"),
     "thread-exec": (f"python3 -c {shlex.quote(_PY_THREAD_EXEC)} /usr/bin/echo hi", "hi\n"),
+    # its own process may own its descriptors (checked, then set by the supervisor)
+    "owner-self": (
+        "for k in setown setown-ex fiosetown; do "
+        f"python3 -c {shlex.quote(_PY_OWNER)} $k self; done",
+        "0 True\n0 True\n0 True\n",
+    ),
 }
 
 
@@ -373,7 +409,7 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     r = runs["hardening"][name]
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
-    if name in ("ptrace-outside", "mount"):
+    if name in ("ptrace-outside", "mount", "vhangup") or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
         assert "Operation not permitted" in r["out"], r  # ...with EPERM
     else:

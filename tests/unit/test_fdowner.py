@@ -1,0 +1,81 @@
+"""The owner the kernel signals on I/O (enforce.fdowner): the governed filter hands
+exactly the owner-setting calls to the supervisor, and decodes their arguments."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+
+import pytest
+
+from agentsh.enforce import bpf, fdowner, govern
+from agentsh.enforce.bpf import SeccompData
+from agentsh.enforce.seccomp import Notification
+
+FIONREAD, TIOCSTI = 0x541B, 0x5412
+PROG = bpf.build(govern.filter_spec())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (SeccompData(fdowner.NR_FCNTL, args=(3, fcntl.F_SETOWN, 1)), bpf.RET_USER_NOTIF),
+        (SeccompData(fdowner.NR_FCNTL, args=(3, fdowner.F_SETOWN_EX, 0)), bpf.RET_USER_NOTIF),
+        (SeccompData(fdowner.NR_FCNTL, args=(3, (1 << 32) | 8, 1)), bpf.RET_USER_NOTIF),
+        (SeccompData(fdowner.NR_IOCTL, args=(3, fdowner.FIOSETOWN, 0)), bpf.RET_USER_NOTIF),
+        (SeccompData(fdowner.NR_IOCTL, args=(3, fdowner.SIOCSPGRP, 0)), bpf.RET_USER_NOTIF),
+        (SeccompData(fdowner.NR_IOCTL, args=(3, TIOCSTI, 0)), bpf.RET_USER_NOTIF),
+        (SeccompData(govern.NR_VHANGUP), bpf.RET_USER_NOTIF),
+        # everything else about descriptors runs untouched
+        (SeccompData(fdowner.NR_FCNTL, args=(3, fcntl.F_GETOWN, 0)), bpf.RET_ALLOW),
+        (SeccompData(fdowner.NR_FCNTL, args=(3, fcntl.F_SETFL, 0)), bpf.RET_ALLOW),
+        (SeccompData(fdowner.NR_FCNTL, args=(3, 10, 9)), bpf.RET_ALLOW),  # F_SETSIG
+        (SeccompData(fdowner.NR_IOCTL, args=(3, FIONREAD, 0)), bpf.RET_ALLOW),
+    ],
+)
+def test_the_filter_traps_only_the_owner_calls(data: SeccompData, expected: int) -> None:
+    assert bpf.run(PROG, data) == expected
+
+
+def test_without_signal_hardening_nothing_is_trapped() -> None:
+    prog = bpf.build(govern.filter_spec(govern.Hardening(signals=False, tty_injection=False)))
+    for data in (
+        SeccompData(fdowner.NR_FCNTL, args=(3, fcntl.F_SETOWN, 1)),
+        SeccompData(fdowner.NR_IOCTL, args=(3, fdowner.FIOSETOWN, 0)),
+        SeccompData(govern.NR_VHANGUP),
+    ):
+        assert bpf.run(prog, data) == bpf.RET_ALLOW
+
+
+def _note(nr: int, *args: int) -> Notification:
+    return Notification(1, 1, 0, nr, bpf.AUDIT_ARCH_X86_64, 0, (*args, 0, 0, 0, 0)[:6])
+
+
+@pytest.mark.parametrize(
+    ("note", "traps"),
+    [
+        (_note(fdowner.NR_FCNTL, 3, fcntl.F_SETOWN), True),
+        (_note(fdowner.NR_FCNTL, 3, (7 << 32) | fdowner.F_SETOWN_EX), True),
+        (_note(fdowner.NR_FCNTL, 3, fcntl.F_GETOWN), False),
+        (_note(fdowner.NR_IOCTL, 3, fdowner.SIOCSPGRP), True),
+        (_note(fdowner.NR_IOCTL, 3, TIOCSTI), False),  # the tty injection refusal's
+    ],
+)
+def test_traps(note: Notification, traps: bool) -> None:
+    assert fdowner.traps(note) is traps
+
+
+def test_f_setown_encodes_groups_as_negative_numbers() -> None:
+    assert fdowner._from_value(42) == (fdowner.F_OWNER_PID, 42)
+    assert fdowner._from_value(-42) == (fdowner.F_OWNER_PGRP, 42)
+    assert fdowner._from_value(0) == (fdowner.F_OWNER_PID, 0)
+
+
+def test_the_kernel_constants() -> None:
+    # <asm-generic/fcntl.h>, <asm/sockios.h>; the kernel itself agrees on a socket:
+    assert (fcntl.F_SETOWN, fdowner.F_SETOWN_EX) == (8, 15)
+    a, b = socket.socketpair()
+    with a, b:
+        fcntl.ioctl(a, fdowner.FIOSETOWN, os.getpid().to_bytes(4, "little", signed=True))
+        assert fcntl.fcntl(a, fcntl.F_GETOWN) == os.getpid()
