@@ -27,10 +27,9 @@ import fcntl
 import os
 import signal
 import struct
-import time
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import audit, seccomp, tracee
+from agentsh.enforce import seccomp, tracee
 
 if TYPE_CHECKING:
     from agentsh.enforce.supervisor import Supervisor
@@ -69,15 +68,12 @@ def handle(sup: Supervisor, note: seccomp.Notification) -> None:
     verdict = sup.signal_refusal(note.pid, pids, groups, signal.SIGKILL) if who else None
     if verdict is not None and not verdict.allowed:
         message = f"{verdict.message} (the kernel would signal it on I/O)"
-        event = _event(sup, note.pid, what, decision="deny", rule=verdict.rule, message=message)
+        event = sup.syscall_event(note.pid, what, verdict.rule, message, "signal")
         sup.refuse(note, what, event, errno.EPERM)
         return
     if verdict is not None and verdict.rule is not None:  # a signal rule decided: audited
-        sup.record(
-            _event(
-                sup, note.pid, what, decision=verdict.decision.value, rule=verdict.rule, message=""
-            )
-        )
+        decision = verdict.decision.value
+        sup.record(sup.syscall_event(note.pid, what, verdict.rule, "", "signal", decision=decision))
     if note.nr == NR_FCNTL and cmd == F_SETOWN:
         sup.listener.allow(note.id)  # the owner is in a register: what was checked runs
         return
@@ -116,9 +112,7 @@ def _apply(sup: Supervisor, note: seccomp.Notification, owner: tuple[int, int], 
 
     if filecalls.credentials(note.pid) != filecalls.credentials("self"):
         message = "a process whose credentials differ from the supervisor's cannot set it"
-        event = _event(
-            sup, note.pid, what, decision="deny", rule="signal-owner-credentials", message=message
-        )
+        event = sup.syscall_event(note.pid, what, "signal-owner-credentials", message, "signal")
         sup.refuse(note, what, event, errno.EPERM)
         return
     try:
@@ -150,12 +144,3 @@ def _duplicate(tid: int, fd: int) -> int:
     finally:
         with contextlib.suppress(OSError):
             os.close(pidfd)
-
-
-def _event(
-    sup: Supervisor, tid: int, what: str, *, decision: str, rule: str | None, message: str
-) -> audit.Event:
-    return audit.Event(
-        time.time(), sup.session, tid, tracee.cwd(tid), (what,), decision, rule, message,
-        "signal", "signal",
-    )  # fmt: skip

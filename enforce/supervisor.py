@@ -573,17 +573,8 @@ class Supervisor:
         verdict = self.signal_refusal(note.pid, pids, groups, sig)
         what = f"{name}({', '.join(map(str, pids + [-g for g in groups]))}, {_signame(sig)})"
         decision = verdict.decision.value if verdict.allowed else "deny"
-        event = audit.Event(
-            time.time(),
-            self.session,
-            note.pid,
-            tracee.cwd(note.pid),
-            (what,),
-            decision,
-            verdict.rule,
-            verdict.message,
-            "signal",
-            "signal",
+        event = self.syscall_event(
+            note.pid, what, verdict.rule, verdict.message, "signal", decision=decision
         )
         if not verdict.allowed:
             self.refuse(note, what, event, errno.EPERM)
@@ -634,13 +625,13 @@ class Supervisor:
         refusal = self._target_refusal(target) or ("outside-tree", "")
         rule = f"{name}-{refusal[0].removeprefix('signal-')}"
         message = f"{name} of process {target} outside the governed tree is not allowed"
-        event = self._syscall_event(note.pid, f"{name}({target})", rule, message, "syscall")
+        event = self.syscall_event(note.pid, f"{name}({target})", rule, message, "syscall")
         self.refuse(note, f"{name}({target})", event, errno.EPERM)
 
     def _harden(self, note: seccomp.Notification) -> None:
         name, what = HARDENED.get(note.nr, (f"syscall {note.nr}", "this system call"))
         message = f"{what} is not allowed in a governed shell"
-        event = self._syscall_event(note.pid, name, f"deny-{name}", message, "syscall")
+        event = self.syscall_event(note.pid, name, f"deny-{name}", message, "syscall")
         self.refuse(note, name, event, errno.EPERM)
 
     # ------------------------------------------------------------------ refusing, audit
@@ -697,21 +688,21 @@ class Supervisor:
             "command",
         )
 
-    def _syscall_event(
-        self, tid: int, what: str, rule: str, message: str, kind: str
+    def syscall_event(
+        self,
+        tid: int,
+        what: str,
+        rule: str | None,
+        message: str,
+        kind: str,
+        *,
+        decision: str = "deny",
     ) -> audit.Event:
+        """An audit event of a syscall ``tid`` made (a refusal unless ``decision`` says)."""
         return audit.Event(
-            time.time(),
-            self.session,
-            tid,
-            tracee.cwd(tid),
-            (what,),
-            "deny",
-            rule,
-            message,
-            kind,
-            kind,
-        )
+            time.time(), self.session, tid, tracee.cwd(tid), (what,), decision, rule, message,
+            kind, kind,
+        )  # fmt: skip
 
     def record(self, event: audit.Event | Allowed, *, urgent: bool = False) -> None:
         """Queue an event for the sink; ``urgent`` (refusals) flushes at once."""
