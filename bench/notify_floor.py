@@ -1,0 +1,58 @@
+"""The floor of user-notify exec supervision on this machine (context for ARCHITECTURE §10's
+1.15x on the exec-heavy workload): the same 1,000-exec bash loop as bench/exec_bench.py,
+under a minimal C supervisor (bench/notify_floor.c, built here with gcc) that answers every
+execve with CONTINUE, then with the reads any real supervisor needs, interleaved with the
+ungoverned loop. Whatever agentsh's supervisor does costs at least the first row; its
+exec-boundary check (a ptrace seize, exec stop and detach per exec) comes on top.
+
+    .venv/bin/python bench/notify_floor.py [--reps N] [--execs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODES = {
+    0: "ungoverned",
+    1: "notify, CONTINUE at once",
+    2: "+ SYNC_WAKE_UP",
+    3: "+ path via process_vm_readv",
+    4: "+ path and argv via /proc/PID/mem",
+    5: "+ resolve the path, check the id",
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--execs", type=int, default=1000)
+    opts = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="agentsh-floor-") as tmp:
+        binary = Path(tmp) / "notify-floor"
+        cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary)]
+        subprocess.run([*cmd, str(HERE / "notify_floor.c")], check=True)
+        loop = f"for i in $(seq {opts.execs}); do /bin/true; done"
+        times: dict[int, list[float]] = {m: [] for m in MODES}
+        for _ in range(opts.reps):
+            for mode in MODES:  # interleaved: machine noise hits every mode alike
+                start = time.perf_counter()
+                subprocess.run([str(binary), str(mode), "/usr/bin/bash", "-c", loop], check=True)
+                times[mode].append(time.perf_counter() - start)
+    base = statistics.median(times[0])
+    print(f"{opts.execs} execs from a bash loop, median of {opts.reps} (interleaved)")
+    for mode, name in MODES.items():
+        med = statistics.median(times[mode])
+        added = (med - base) / opts.execs * 1e6
+        print(f"  {name:<36} {med:7.3f} s  {med / base:6.3f}x  {added:+5.0f} us/exec")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
