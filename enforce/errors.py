@@ -25,11 +25,15 @@ class AgentshError(Exception):
         self.hint = hint
 
     def render(self) -> str:
-        """The lines printed on stderr for this error (no trailing newline)."""
+        """The lines printed on stderr for this error (no trailing newline). Messages
+        carry paths and command lines the agent chose: each line is shown with its
+        unprintable characters escaped (``enforce.printable``)."""
+        from agentsh.enforce.printable import printable
+
         text = f"agentsh: {self.message}"
         if self.hint:
             text += f"\nhint: {self.hint}"
-        return text
+        return "\n".join(printable(line) for line in text.split("\n"))
 
 
 class UsageError(AgentshError):

@@ -72,6 +72,7 @@ from agentsh.enforce import (
 )
 from agentsh.enforce.errors import AuditUnavailable
 from agentsh.enforce.policy import Decision, Policy, Verdict
+from agentsh.enforce.printable import printable
 from agentsh.enforce.signals import SignalTarget
 
 if TYPE_CHECKING:
@@ -152,12 +153,6 @@ class Allowed(NamedTuple):
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
-
-
-def _printable(text: str, limit: int = 300) -> str:
-    """One line: control characters escaped, long text cut."""
-    out = "".join(c if c.isprintable() else f"\\x{ord(c) & 0xFF:02x}" for c in text)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 # Syscalls the filter hands over only to be refused (and audited): nr -> (name, what).
@@ -651,7 +646,7 @@ class Supervisor:
         Nothing is written unless poll says the write cannot block, so a full pipe or a
         stalled terminal never stalls the supervisor.
         """
-        data = (_printable(line, 1000) + "\n").encode("utf-8", "replace")[: select.PIPE_BUF]
+        data = (printable(line, 1000) + "\n").encode("utf-8", "replace")[: select.PIPE_BUF]
         try:
             pidfd = os.pidfd_open(tracee.tgid(tid))
         except OSError:

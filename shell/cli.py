@@ -366,8 +366,11 @@ def _event_json(e: Any) -> dict[str, Any]:
 def _event_text(e: Any) -> str:
     import time
 
+    from agentsh.enforce.printable import printable  # the agent chose the argv
+
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
-    return f"{stamp}  {e.session}  {e.decision:8} {e.rule or '-':28} {shlex.join(e.argv)}"
+    line = f"{stamp}  {e.session}  {e.decision:8} {e.rule or '-':28} {shlex.join(e.argv)}"
+    return printable(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

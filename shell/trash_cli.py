@@ -18,6 +18,7 @@ from typing import Any
 
 from agentsh.enforce.errors import UsageError
 from agentsh.enforce.fuseconf import DEFAULT_TRASH_ROOT
+from agentsh.enforce.printable import printable
 from agentsh.enforce.trash import Entry, Trash, manifest_json
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
@@ -144,12 +145,13 @@ def _trees(entries: list[Entry]) -> dict[str, int]:
 
 
 def _line(e: Entry, below: int) -> str:
+    """One entry for a terminal (its path and command are the agent's: escaped)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.deleted_at))
     if e.problem is not None:
-        return f"{e.token}  {stamp}  ?        -  ({e.problem})"
+        return printable(f"{e.token}  {stamp}  ?        -  ({e.problem})")
     inside = len(e.members) + below
     tree = f" (+{inside} inside)" if inside else ""
-    return (
+    return printable(
         f"{e.token}  {stamp}  {e.kind:7} {human_size(e.size):>10}  {e.original}{tree}"
         f"  <- {e.command or '?'}"
     )
@@ -187,15 +189,16 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         args.token, dest=args.dest, force=args.force, progress=_progress("restoring")
     )
     for path in report.created:
-        sys.stdout.write(f"made missing directory {path}\n")
+        sys.stdout.write(printable(f"made missing directory {path}") + "\n")
     for path, token in report.replaced:
-        sys.stdout.write(f"replaced {path}; what was there is in the trash as {token}\n")
+        sys.stdout.write(printable(f"replaced {path}; what was there is in the trash as {token}"))
+        sys.stdout.write("\n")
     first = report.restored[0]
     more = (
         f" and {len(report.restored) - 1} more entries below it" if len(report.restored) > 1 else ""
     )
     files = f"{report.files} file{'s' if report.files != 1 else ''}"
-    sys.stdout.write(f"restored {first}{more} ({files})\n")
+    sys.stdout.write(printable(f"restored {first}{more} ({files})") + "\n")
     return 0
 
 

@@ -179,6 +179,26 @@ def test_events_query_filters_and_json(tmp_path: Path, capsys: pytest.CaptureFix
     assert "sudo id" in out
 
 
+def test_events_query_escapes_what_the_agent_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An argv with terminal escapes (retitle, clear screen) and a right-to-left override
+    is shown escaped in the table, and exactly, JSON-escaped, in --json."""
+    db = tmp_path / "audit.db"
+    store = audit.open_store(db)
+    argv = ("cat", "\x1b]0;owned\x07x\x1b[2J", "safe\u202etxt.sh")
+    store.record(audit.Event(time.time(), "s", 1, "/w", argv, "deny", "r", "m", "exec", "command"))
+    store.close()
+    _, out, _ = _main(["events", "query", "--db", str(db)], capsys)
+    assert "\x1b" not in out
+    assert "\u202e" not in out
+    assert "\\x1b]0;owned\\x07x\\x1b[2J" in out
+    assert "safe\\u202etxt.sh" in out
+    _, out, _ = _main(["events", "query", "--db", str(db), "--json"], capsys)
+    assert "\x1b" not in out
+    assert tuple(json.loads(out)["argv"]) == argv
+
+
 def test_events_query_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _main(["events", "query", "--db", str(tmp_path / "none.db")], capsys)
     assert code == 126

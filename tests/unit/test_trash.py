@@ -473,6 +473,20 @@ def test_cli_list_plain_and_json(
     assert entry["root"]["sha256"] == hashlib.sha256(b"a" * 2048).hexdigest()
 
 
+def test_cli_list_escapes_file_names_and_commands(
+    store: Trash, ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file name and a command line are the agent's: a terminal escape in either is
+    printed escaped, never sent to the operator's terminal."""
+    name = ws / "a\x1b[2Jb"
+    name.write_text("x")
+    store.stash(name, session="s", command="rm 'a\x1b]52;c;ZXZpbA==\x07b'")
+    text = _cli(["trash", "list", "--store", str(store.root)], capsys)
+    assert "\x1b" not in text
+    assert "a\\x1b[2Jb" in text
+    assert "\\x1b]52;c;ZXZpbA==\\x07" in text
+
+
 def test_cli_list_empty_and_broken(store: Trash, capsys: pytest.CaptureFixture[str]) -> None:
     assert "the trash is empty" in _cli(["trash", "list", "--store", str(store.root)], capsys)
     (store.root / "20200101-000000-deadbeef").mkdir(parents=True)
