@@ -6,7 +6,7 @@ supervisor or any process outside the tree by writing to a pipe, around the supe
 of ``kill`` and its kin (issue 3 item 4).
 
 So the filter hands these calls to the supervisor (``Hardening.signals``), which judges
-the owner as it judges a ``kill`` to it (``Supervisor.signal_refusal``: the policy's
+the owner as it judges a ``kill`` to it (``sigcalls.refusal``: the policy's
 ``signal_rules``, else the built-in rule — the caller's own tree only; with the signal
 taken as SIGKILL, since ``F_SETSIG`` may change it later without asking). The kernel keeps
 a reference to the owner's pid, not its number, so the decision cannot go stale.
@@ -29,7 +29,7 @@ import signal
 import struct
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import seccomp, tracee
+from agentsh.enforce import seccomp, sigcalls, tracee
 
 if TYPE_CHECKING:
     from agentsh.enforce.supervisor import Supervisor
@@ -65,7 +65,7 @@ def handle(sup: Supervisor, note: seccomp.Notification) -> None:
     call = "fcntl" if note.nr == NR_FCNTL else "ioctl"
     what = f"{call}({fd}, {name}, {'process group ' if kind == F_OWNER_PGRP else ''}{who})"
     pids, groups = ([], [who]) if kind == F_OWNER_PGRP else ([who], [])
-    verdict = sup.signal_refusal(note.pid, pids, groups, signal.SIGKILL) if who else None
+    verdict = sigcalls.refusal(sup, note.pid, pids, groups, signal.SIGKILL) if who else None
     if verdict is not None and not verdict.allowed:
         message = f"{verdict.message} (the kernel would signal it on I/O)"
         event = sup.syscall_event(note.pid, what, verdict.rule, message, "signal")

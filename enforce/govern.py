@@ -47,7 +47,17 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from agentsh.enforce import audit, bpf, engine, fdowner, filemon, landlock, seccomp, supervisor
+from agentsh.enforce import (
+    audit,
+    bpf,
+    engine,
+    fdowner,
+    filemon,
+    landlock,
+    seccomp,
+    sigcalls,
+    supervisor,
+)
 from agentsh.enforce.bpf import ArgRule, FilterSpec
 from agentsh.enforce.errors import InternalError, LayerUnavailable
 from agentsh.enforce.record import dataclass
@@ -102,11 +112,11 @@ def filter_spec(
         notify += file_notify
         args += file_args
     if hardening.signals:
-        notify += sorted(supervisor.SIGNAL_CALLS)
+        notify += sorted(sigcalls.SIGNAL_CALLS)
     if hardening.ptrace:
-        notify.append(supervisor.NR_PIDFD_GETFD)
+        notify.append(sigcalls.NR_PIDFD_GETFD)
         args.append(
-            ArgRule(supervisor.NR_PTRACE, 0, (PTRACE_ATTACH, PTRACE_SEIZE), "notify", "allow")
+            ArgRule(sigcalls.NR_PTRACE, 0, (PTRACE_ATTACH, PTRACE_SEIZE), "notify", "allow")
         )
     for group, nrs in _GROUPS.items():
         if getattr(hardening, group):

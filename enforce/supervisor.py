@@ -9,15 +9,12 @@ notification it decides, audits through ``sink``, and answers:
   ``/proc/self/root``), follow ``#!`` interpreters, ask ``checker`` about the program and
   each interpreter, re-check SECCOMP_IOCTL_NOTIF_ID_VALID, then CONTINUE or EACCES. A refusal
   writes one line to the process's stderr where possible.
-- kill/tkill/tgkill/pidfd_send_signal/rt_sigqueueinfo/rt_tgsigqueueinfo: each process the
-  call reaches (every member of a process group) is classified (``enforce.signaltarget``)
-  and judged by ``signals`` (``engine.check_signal``: the policy's ``signal_rules``, else
-  the built-in rule: a governed process may signal its own tree — processes whose ancestry
-  reaches the governed root, or that were seen trapping a syscall, so daemons stay
-  members). Pid 1, the supervisor and ``kill -1`` are refused whatever a rule says; a
-  refusal is EPERM. Signal 0 (an existence probe) is always allowed.
-- ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree → else EPERM.
-- everything else the filter traps (mount, kexec, bpf, io_uring, TIOCSTI, ...) → EPERM.
+- signals (kill & co) and ptrace/pidfd_getfd of another process: ``enforce.sigcalls``
+  (the policy's ``signal_rules``, else the caller's own tree only); the owner a descriptor
+  signals on I/O (F_SETOWN & co): ``enforce.fdowner``, judged the same way;
+- the file calls the file monitor traps: ``enforce.fileguard``;
+- everything else the filter traps (mount, kexec, bpf, io_uring, TIOCSTI, vhangup, ...)
+  → EPERM.
 
 Time of check vs time of use (issue 3, item 2). CONTINUE lets the kernel run the exec with
 the *tracee's* memory and filesystem as they are a moment later: another thread (or a
@@ -67,21 +64,17 @@ from agentsh.enforce import (
     fdowner,
     image,
     seccomp,
-    signaltarget,
+    sigcalls,
     tracee,
 )
 from agentsh.enforce.errors import AuditUnavailable
 from agentsh.enforce.policy import Decision, Policy, Verdict
 from agentsh.enforce.printable import printable
-from agentsh.enforce.signals import SignalTarget
 
 if TYPE_CHECKING:
     from agentsh.enforce import fileguard
 
 NR_EXECVE, NR_EXECVEAT = 59, 322
-SIGNAL_CALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
-SIGNAL_CALLS |= {129: "rt_sigqueueinfo", 297: "rt_tgsigqueueinfo"}
-NR_PTRACE, NR_PIDFD_GETFD = 101, 438
 # Calls that can give a process another root or mount namespace. The filter traps them so
 # the supervisor knows when exec paths can no longer be resolved in its own view; they
 # are allowed (mount, umount2 and pivot_root stay refused, so an unshared namespace is a
@@ -371,10 +364,10 @@ class Supervisor:
             self._exec(note)
         elif self.files is not None and note.nr in self.files.trapped:
             self.files.handle(self, note)
-        elif note.nr in SIGNAL_CALLS:
-            self._signal(note)
-        elif note.nr in (NR_PTRACE, NR_PIDFD_GETFD):
-            self._reach(note)
+        elif note.nr in sigcalls.SIGNAL_CALLS:
+            sigcalls.handle_signal(self, note)
+        elif note.nr in sigcalls.REACH_CALLS:
+            sigcalls.handle_reach(self, note)
         elif note.nr in VIEW_CALLS:
             # From now on every exec checks the caller's root and mount namespace.
             self.views_changed = True
@@ -555,74 +548,6 @@ class Supervisor:
         self.tell(pid, _line(" ".join(argv), event))
         self.record(event, urgent=True)
 
-    # ------------------------------------------------------------------ signals, reach
-
-    def _signal(self, note: seccomp.Notification) -> None:
-        """Ask ``signals`` about every process the call reaches; EPERM on the first
-        refusal. A refusal, and a signal a ``signal_rules`` entry allowed, are audited."""
-        name = SIGNAL_CALLS[note.nr]
-        pids, groups, sig = _signal_targets(name, note)
-        if sig == 0 and not groups and pids != [-1]:
-            self.listener.allow(note.id)  # an existence probe changes nothing
-            return
-        verdict = self.signal_refusal(note.pid, pids, groups, sig)
-        what = f"{name}({', '.join(map(str, pids + [-g for g in groups]))}, {_signame(sig)})"
-        decision = verdict.decision.value if verdict.allowed else "deny"
-        event = self.syscall_event(
-            note.pid, what, verdict.rule, verdict.message, "signal", decision=decision
-        )
-        if not verdict.allowed:
-            self.refuse(note, what, event, errno.EPERM)
-            return
-        self.listener.allow(note.id)
-        if verdict.rule is not None:  # a rule decided (the built-in allow is not audited)
-            self.record(event)
-
-    def signal_refusal(self, caller: int, pids: list[int], groups: list[int], sig: int) -> Verdict:
-        """The first refusal among the processes ``pids`` and ``groups`` reach, else the
-        first verdict a rule gave, else the built-in allow. ``kill -1`` is always refused:
-        it reaches every process, pid 1 and the supervisor included."""
-        if -1 in pids:
-            message = "signalling every process (kill -1) is not allowed"
-            return Verdict(Decision.DENY, "signal-everything", message, "-1")
-        members = [m for pgrp in groups for m in signaltarget.group_members(pgrp)]
-        decided = Verdict(Decision.ALLOW, None, "within the governed tree")
-        for pid in [*pids, *members]:
-            if pid != caller and pid > 1 and pid != os.getpid() and tracee.stat(pid) is None:
-                continue  # a process that does not exist (the kernel says ESRCH)
-            verdict = self.signals(sig, signaltarget.classify(self.tree, caller, pid))
-            if not verdict.allowed:
-                return verdict
-            if decided.rule is None:
-                decided = verdict
-        return decided
-
-    def _target_refusal(self, pid: int) -> tuple[str, str] | None:
-        """The built-in rule's (rule, message) for reaching ``pid`` from the tree (ptrace,
-        pidfd_getfd: signal_rules do not apply); None when it is a member."""
-        target = SignalTarget(
-            pid, 0, in_tree=self.tree.contains(pid), supervisor=pid == os.getpid()
-        )
-        verdict = engine.builtin_signal_verdict(signal.SIGKILL, target)  # any signal: same rule
-        return None if verdict.allowed else (verdict.rule or "outside-tree", verdict.message)
-
-    def _reach(self, note: seccomp.Notification) -> None:
-        """ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree."""
-        if note.nr == NR_PTRACE:
-            name, target = "ptrace", tracee.s32(note.args[1])
-        else:
-            pidfd = tracee.s32(note.args[0])
-            name, target = "pidfd_getfd", tracee.fd_target_pid(note.pid, pidfd) or 0
-        gone = target > 1 and tracee.stat(target) is None
-        if target <= 0 or gone or self.tree.contains(target):
-            self.listener.allow(note.id)  # nothing to protect, or a member: the kernel decides
-            return
-        refusal = self._target_refusal(target) or ("outside-tree", "")
-        rule = f"{name}-{refusal[0].removeprefix('signal-')}"
-        message = f"{name} of process {target} outside the governed tree is not allowed"
-        event = self.syscall_event(note.pid, f"{name}({target})", rule, message, "syscall")
-        self.refuse(note, f"{name}({target})", event, errno.EPERM)
-
     def _harden(self, note: seccomp.Notification) -> None:
         name, what = HARDENED.get(note.nr, (f"syscall {note.nr}", "this system call"))
         message = f"{what} is not allowed in a governed shell"
@@ -762,41 +687,6 @@ def _bprm_filename(call: tracee.ExecArgs) -> bytes:
     if not call.path:
         return b"/dev/fd/%d" % call.dirfd
     return b"/dev/fd/%d/%s" % (call.dirfd, call.path)
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)
-
-
-def _signal_targets(name: str, note: seccomp.Notification) -> tuple[list[int], list[int], int]:
-    """(pids, process groups, signal) a signalling syscall addresses; pid -1 means every
-    process. Arguments are ints: only their low 32 bits count."""
-    a = [tracee.s32(x) for x in note.args]
-    match name:
-        case "kill":
-            return _kill_targets(note.pid, a[0], a[1])
-        case "tkill" | "rt_sigqueueinfo":
-            return [a[0]], [], a[1]
-        case "tgkill" | "rt_tgsigqueueinfo":
-            return [a[1]], [], a[2]
-        case "pidfd_send_signal":
-            target = tracee.fd_target_pid(note.pid, a[0])
-            return ([target] if target and target > 0 else []), [], a[1]
-        case _:
-            return [-1], [], -1  # unknown: treated as "everything", refused
-
-
-def _kill_targets(caller: int, pid: int, sig: int) -> tuple[list[int], list[int], int]:
-    # kill(2): pid > 0 one process, 0 the caller's group, -1 everything, < -1 group -pid.
-    if pid == 0:
-        st = tracee.stat(caller)
-        return [], [st.pgrp if st else 0], sig
-    if pid < -1:
-        return [], [-pid], sig
-    return [pid], [], sig
 
 
 def serve(
