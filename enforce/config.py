@@ -53,7 +53,7 @@ def _todo(*keys: str) -> dict[str, _Schema | _Leaf]:
 # exec (agentsh.enforce.govern.Hardening's fields; a test keeps the two lists equal).
 HARDENING_GROUPS = (
     "signals", "ptrace", "mount", "kernel", "bpf", "userfaultfd", "io_uring",
-    "process_vm_writev", "open_by_handle", "tty_injection", "personality",
+    "process_vm_writev", "open_by_handle", "tty_injection", "personality", "keyring",
 )  # fmt: skip
 
 # The Landlock section (top-level, as the Go agentsh has it, or under sandbox): its values

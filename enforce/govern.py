@@ -75,6 +75,7 @@ _GROUPS: dict[str, tuple[int, ...]] = {
     "io_uring": (425, 426, 427),
     "process_vm_writev": (311,),
     "open_by_handle": (304,),
+    "keyring": (248, 249, 250),  # add_key, request_key, keyctl
 }
 
 
@@ -94,6 +95,7 @@ class Hardening:
     open_by_handle: bool = True
     tty_injection: bool = True  # TIOCSTI, TIOCLINUX, vhangup
     personality: bool = True  # personality() changes (queries pass)
+    keyring: bool = True  # the kernel keyring: shared by every process of the user
 
 
 def filter_spec(

@@ -178,6 +178,9 @@ HARDENED: dict[int, tuple[str, str]] = {
     304: ("open_by_handle_at", "opening files by handle (it bypasses path checks)"),
     16: ("ioctl", "terminal input injection (TIOCSTI/TIOCLINUX)"),
     153: ("vhangup", "hanging up the terminal (it signals every process that uses it)"),
+    248: ("add_key", "the kernel keyring (shared by every process of the user)"),
+    249: ("request_key", "the kernel keyring (shared by every process of the user)"),
+    250: ("keyctl", "the kernel keyring (shared by every process of the user)"),
     135: ("personality", "changing the execution domain (personality)"),
 }
 

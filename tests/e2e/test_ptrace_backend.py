@@ -167,6 +167,11 @@ _PY_OWNER = "import fcntl, os, socket, struct, sys\n" + (
 _PY_VHANGUP = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
     "r = libc.vhangup(); print(r, os.strerror(ctypes.get_errno()))"
 )
+# keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 0): root's user keyring is shared
+# with every root process on the machine.
+_PY_KEYCTL = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
+    "r = libc.syscall(250, 0, -4, 0); print(r, os.strerror(ctypes.get_errno()))"
+)
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
     "owner-outside": (
@@ -183,6 +188,7 @@ HARDENING: dict[str, tuple[str, str]] = {
     ),
     "owner-init": (f"python3 -c {shlex.quote(_PY_OWNER)} setown 1", "signal-init"),
     "vhangup": (f"python3 -c {shlex.quote(_PY_VHANGUP)}", "deny-vhangup"),
+    "keyring": (f"python3 -c {shlex.quote(_PY_KEYCTL)}", "deny-keyctl"),
     "mount": (f"mkdir -p {{w}}/mnt && python3 -c {shlex.quote(_PY_MOUNT)} {{w}}/mnt", "deny-mount"),
     "ptrace-outside": (f"python3 -c {shlex.quote(_PY_SEIZE)} {{outside}}", "ptrace-outside-tree"),
 }
@@ -409,7 +415,7 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     r = runs["hardening"][name]
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
-    if name in ("ptrace-outside", "mount", "vhangup") or name.startswith("owner-"):
+    if name in ("ptrace-outside", "mount", "vhangup", "keyring") or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
         assert "Operation not permitted" in r["out"], r  # ...with EPERM
     else:
