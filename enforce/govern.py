@@ -76,6 +76,9 @@ _GROUPS: dict[str, tuple[int, ...]] = {
     "process_vm_writev": (311,),
     "open_by_handle": (304,),
     "keyring": (248, 249, 250),  # add_key, request_key, keyctl
+    # settimeofday, clock_settime, clock_adjtime, sethostname, setdomainname, swapon,
+    # swapoff, acct, quotactl, quotactl_fd: settings of the whole machine
+    "system": (164, 227, 305, 170, 171, 167, 168, 163, 179, 443),
 }
 
 
@@ -96,6 +99,7 @@ class Hardening:
     tty_injection: bool = True  # TIOCSTI, TIOCLINUX, vhangup
     personality: bool = True  # personality() changes (queries pass)
     keyring: bool = True  # the kernel keyring: shared by every process of the user
+    system: bool = True  # clock, hostname, swap, process accounting, quotas
 
 
 def filter_spec(

@@ -181,6 +181,16 @@ HARDENED: dict[int, tuple[str, str]] = {
     248: ("add_key", "the kernel keyring (shared by every process of the user)"),
     249: ("request_key", "the kernel keyring (shared by every process of the user)"),
     250: ("keyctl", "the kernel keyring (shared by every process of the user)"),
+    164: ("settimeofday", "setting the machine's clock"),
+    227: ("clock_settime", "setting the machine's clock"),
+    305: ("clock_adjtime", "setting the machine's clock"),
+    170: ("sethostname", "renaming the machine"),
+    171: ("setdomainname", "renaming the machine"),
+    167: ("swapon", "changing the machine's swap"),
+    168: ("swapoff", "changing the machine's swap"),
+    163: ("acct", "process accounting for the whole machine"),
+    179: ("quotactl", "changing disk quotas"),
+    443: ("quotactl_fd", "changing disk quotas"),
     135: ("personality", "changing the execution domain (personality)"),
 }
 

@@ -172,6 +172,11 @@ _PY_VHANGUP = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + 
 _PY_KEYCTL = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
     "r = libc.syscall(250, 0, -4, 0); print(r, os.strerror(ctypes.get_errno()))"
 )
+# sethostname to the name it already has: refused, and harmless were it not.
+_PY_HOSTNAME = "import ctypes, os, socket; libc = ctypes.CDLL(None, use_errno=True); " + (
+    "n = socket.gethostname().encode(); "
+    "r = libc.sethostname(n, len(n)); print(r, os.strerror(ctypes.get_errno()))"
+)
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
     "owner-outside": (
@@ -189,6 +194,7 @@ HARDENING: dict[str, tuple[str, str]] = {
     "owner-init": (f"python3 -c {shlex.quote(_PY_OWNER)} setown 1", "signal-init"),
     "vhangup": (f"python3 -c {shlex.quote(_PY_VHANGUP)}", "deny-vhangup"),
     "keyring": (f"python3 -c {shlex.quote(_PY_KEYCTL)}", "deny-keyctl"),
+    "hostname": (f"python3 -c {shlex.quote(_PY_HOSTNAME)}", "deny-sethostname"),
     "mount": (f"mkdir -p {{w}}/mnt && python3 -c {shlex.quote(_PY_MOUNT)} {{w}}/mnt", "deny-mount"),
     "ptrace-outside": (f"python3 -c {shlex.quote(_PY_SEIZE)} {{outside}}", "ptrace-outside-tree"),
 }
@@ -415,7 +421,8 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     r = runs["hardening"][name]
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
-    if name in ("ptrace-outside", "mount", "vhangup", "keyring") or name.startswith("owner-"):
+    printed = ("ptrace-outside", "mount", "vhangup", "keyring", "hostname")
+    if name in printed or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
         assert "Operation not permitted" in r["out"], r  # ...with EPERM
     else:

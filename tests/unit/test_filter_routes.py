@@ -1,5 +1,6 @@
-"""The owner the kernel signals on I/O (enforce.fdowner): the governed filter hands
-exactly the owner-setting calls to the supervisor, and decodes their arguments."""
+"""The governed filter's routes (govern.filter_spec, run in the BPF interpreter): the
+owner-setting calls of enforce.fdowner and every hardening group reach the supervisor,
+and nothing else about descriptors does; fdowner's argument decoding."""
 
 from __future__ import annotations
 
@@ -79,3 +80,16 @@ def test_the_kernel_constants() -> None:
     with a, b:
         fcntl.ioctl(a, fdowner.FIOSETOWN, os.getpid().to_bytes(4, "little", signed=True))
         assert fcntl.fcntl(a, fcntl.F_GETOWN) == os.getpid()
+
+
+@pytest.mark.parametrize("group", sorted(govern._GROUPS))
+def test_every_hardening_group_is_trapped_and_named(group: str) -> None:
+    """Each syscall of a group reaches the supervisor (which refuses it by name, see
+    supervisor.HARDENED), and not when its switch is off."""
+    from agentsh.enforce import supervisor
+
+    off = bpf.build(govern.filter_spec(govern.Hardening(**{group: False})))
+    for nr in govern._GROUPS[group]:
+        assert bpf.run(PROG, SeccompData(nr)) == bpf.RET_USER_NOTIF, nr
+        assert bpf.run(off, SeccompData(nr)) == bpf.RET_ALLOW, nr
+        assert nr in supervisor.HARDENED, nr
