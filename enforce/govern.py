@@ -65,7 +65,10 @@ from agentsh.enforce.record import dataclass
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
 PERSONALITY_QUERY, PER_LINUX = 0xFFFFFFFF, 0
-NR_IOCTL, NR_PERSONALITY, NR_VHANGUP = 16, 135, 153
+NR_IOCTL, NR_PERSONALITY, NR_VHANGUP, NR_SYSLOG = 16, 135, 153, 103
+# syslog(2) actions that change the kernel log or the console: READ_CLEAR, CLEAR,
+# CONSOLE_OFF, CONSOLE_ON, CONSOLE_LEVEL.
+SYSLOG_CHANGES = (4, 5, 6, 7, 8)
 
 _GROUPS: dict[str, tuple[int, ...]] = {
     "mount": (165, 166, 155, 428, 429, 430, 431, 432, 433, 442),
@@ -99,7 +102,7 @@ class Hardening:
     tty_injection: bool = True  # TIOCSTI, TIOCLINUX, vhangup
     personality: bool = True  # personality() changes (queries pass)
     keyring: bool = True  # the kernel keyring: shared by every process of the user
-    system: bool = True  # clock, hostname, swap, process accounting, quotas
+    system: bool = True  # clock, hostname, swap, accounting, quotas, clearing the kernel log
 
 
 def filter_spec(
@@ -121,24 +124,36 @@ def filter_spec(
         notify += sorted(sigcalls.SIGNAL_CALLS)
     if hardening.ptrace:
         notify.append(sigcalls.NR_PIDFD_GETFD)
-        args.append(
-            ArgRule(sigcalls.NR_PTRACE, 0, (PTRACE_ATTACH, PTRACE_SEIZE), "notify", "allow")
-        )
+    if hardening.tty_injection:
+        notify.append(NR_VHANGUP)
     for group, nrs in _GROUPS.items():
         if getattr(hardening, group):
             notify += nrs
+    args += _argument_rules(hardening)
+    return FilterSpec(notify=tuple(notify), args=tuple(args), trace=trace)
+
+
+def _argument_rules(hardening: Hardening) -> list[ArgRule]:
+    """The hardening that depends on an argument: which ptrace request, fcntl command,
+    ioctl request, syslog action or personality."""
+    args: list[ArgRule] = []
+    if hardening.ptrace:
+        args.append(
+            ArgRule(sigcalls.NR_PTRACE, 0, (PTRACE_ATTACH, PTRACE_SEIZE), "notify", "allow")
+        )
     ioctls: list[int] = []
     if hardening.signals:  # the owner the kernel signals on I/O (enforce.fdowner)
         ioctls += fdowner.IOCTL_COMMANDS
         args.append(ArgRule(fdowner.NR_FCNTL, 1, fdowner.FCNTL_COMMANDS, "notify", "allow"))
     if hardening.tty_injection:
         ioctls += (TIOCSTI, TIOCLINUX)
-        notify.append(NR_VHANGUP)
     if ioctls:
         args.append(ArgRule(NR_IOCTL, 1, tuple(ioctls), "notify", "allow"))
+    if hardening.system:  # syslog(2) may read the kernel log, not clear it or mute the console
+        args.append(ArgRule(NR_SYSLOG, 0, SYSLOG_CHANGES, "notify", "allow"))
     if hardening.personality:
         args.append(ArgRule(NR_PERSONALITY, 0, (PERSONALITY_QUERY, PER_LINUX), "allow", "notify"))
-    return FilterSpec(notify=tuple(notify), args=tuple(args), trace=trace)
+    return args
 
 
 def is_governed() -> bool:

@@ -191,6 +191,7 @@ HARDENED: dict[int, tuple[str, str]] = {
     163: ("acct", "process accounting for the whole machine"),
     179: ("quotactl", "changing disk quotas"),
     443: ("quotactl_fd", "changing disk quotas"),
+    103: ("syslog", "clearing the kernel log or changing the console's log level"),
     135: ("personality", "changing the execution domain (personality)"),
 }
 

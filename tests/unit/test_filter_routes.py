@@ -93,3 +93,12 @@ def test_every_hardening_group_is_trapped_and_named(group: str) -> None:
         assert bpf.run(PROG, SeccompData(nr)) == bpf.RET_USER_NOTIF, nr
         assert bpf.run(off, SeccompData(nr)) == bpf.RET_ALLOW, nr
         assert nr in supervisor.HARDENED, nr
+
+
+def test_the_kernel_log_may_be_read_not_cleared() -> None:
+    read_all, size = 3, 10  # SYSLOG_ACTION_READ_ALL, SYSLOG_ACTION_SIZE_BUFFER
+    for action in (read_all, size, 2):
+        assert bpf.run(PROG, SeccompData(govern.NR_SYSLOG, args=(action,))) == bpf.RET_ALLOW
+    for action in govern.SYSLOG_CHANGES:
+        data = SeccompData(govern.NR_SYSLOG, args=(action,))
+        assert bpf.run(PROG, data) == bpf.RET_USER_NOTIF
