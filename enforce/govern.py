@@ -79,6 +79,7 @@ _GROUPS: dict[str, tuple[int, ...]] = {
     "process_vm_writev": (311,),
     "open_by_handle": (304,),
     "keyring": (248, 249, 250),  # add_key, request_key, keyctl
+    "fanotify": (300, 301),  # fanotify_init, fanotify_mark
     # settimeofday, clock_settime, clock_adjtime, sethostname, setdomainname, swapon,
     # swapoff, acct, quotactl, quotactl_fd: settings of the whole machine
     "system": (164, 227, 305, 170, 171, 167, 168, 163, 179, 443),
@@ -103,6 +104,7 @@ class Hardening:
     personality: bool = True  # personality() changes (queries pass)
     keyring: bool = True  # the kernel keyring: shared by every process of the user
     system: bool = True  # clock, hostname, swap, accounting, quotas, clearing the kernel log
+    fanotify: bool = True  # watching every process's file access, and getting its files
 
 
 def filter_spec(

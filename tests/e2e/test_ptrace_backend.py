@@ -177,6 +177,10 @@ _PY_HOSTNAME = "import ctypes, os, socket; libc = ctypes.CDLL(None, use_errno=Tr
     "n = socket.gethostname().encode(); "
     "r = libc.sethostname(n, len(n)); print(r, os.strerror(ctypes.get_errno()))"
 )
+# fanotify_init: a listener would get an fd of every file anyone opens (/etc/shadow too).
+_PY_FANOTIFY = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
+    "r = libc.fanotify_init(0, 0); print(r, os.strerror(ctypes.get_errno()))"
+)
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
     "owner-outside": (
@@ -195,6 +199,7 @@ HARDENING: dict[str, tuple[str, str]] = {
     "vhangup": (f"python3 -c {shlex.quote(_PY_VHANGUP)}", "deny-vhangup"),
     "keyring": (f"python3 -c {shlex.quote(_PY_KEYCTL)}", "deny-keyctl"),
     "hostname": (f"python3 -c {shlex.quote(_PY_HOSTNAME)}", "deny-sethostname"),
+    "fanotify": (f"python3 -c {shlex.quote(_PY_FANOTIFY)}", "deny-fanotify_init"),
     "mount": (f"mkdir -p {{w}}/mnt && python3 -c {shlex.quote(_PY_MOUNT)} {{w}}/mnt", "deny-mount"),
     "ptrace-outside": (f"python3 -c {shlex.quote(_PY_SEIZE)} {{outside}}", "ptrace-outside-tree"),
 }
@@ -421,7 +426,7 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     r = runs["hardening"][name]
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
-    printed = ("ptrace-outside", "mount", "vhangup", "keyring", "hostname")
+    printed = ("ptrace-outside", "mount", "vhangup", "keyring", "hostname", "fanotify")
     if name in printed or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
         assert "Operation not permitted" in r["out"], r  # ...with EPERM
