@@ -15,7 +15,8 @@ For each call, in this order:
      performs (the strictest verdict wins); a regular file with more than one link that
      is a protected file found at start (same device and inode) is also judged under its
      protected name; writes into agentsh's state are refused; renaming or hard-linking a
-     path out of a read protection is refused (``filemon.shields``). ``approve`` is a deny
+     path out of a read protection is refused (``filemon.shields``); a /dev/pts terminal
+     of another session is refused (``enforce.terminals``). ``approve`` is a deny
      (nobody to ask in the tree); ``audit`` allows and records an event;
   4. answer: EACCES, one line on the process's stderr and an audit event naming the rule;
      or, for an allowed read-only open of a regular file or directory when the process's
@@ -51,7 +52,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import audit, engine, filemon, seccomp, tracee
+from agentsh.enforce import audit, engine, filemon, seccomp, terminals, tracee
 from agentsh.enforce.filecalls import (
     LINKED,
     RESOLVE_IN_ROOT,
@@ -164,6 +165,7 @@ class Monitor:
         self.trash_root = plan.trash  # opened at the first soft delete (enforce.trash
         self._trash: Trash | None = None  # imports hashlib & co.: off every start's path)
         self.status_fds: dict[int, int] = {}  # tid -> its /proc/TID/status (see _credentials)
+        self.terminals: terminals.Ownership | None = None  # at the first /dev/pts open
 
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
         """Answer one trapped file call (``Supervisor.handle_one`` calls this)."""
@@ -199,6 +201,14 @@ class Monitor:
                 verdict = _relieved(self.plan.policy, verdict, target.path, flags, st)
             if not self._allowed(sup, note, f"{ops[-1]} {target.path}", verdict):
                 return
+            if st is not None and self._foreign_terminal(sup, tid, st):
+                why = (
+                    f"{target.path} is the terminal of another session (a person's, or "
+                    "another program's): a governed process may use only its own terminals"
+                )
+                refusal = Verdict(Decision.DENY, terminals.RULE, why, target.path)
+                self._refuse(sup, note, f"{ops[-1]} {target.path}", refusal)
+                return
             if target.fd is not None and self._emulable(tid, flags, target):
                 self._inject(sup, note, target.fd, flags)
                 return
@@ -209,6 +219,15 @@ class Monitor:
         finally:
             if target.fd is not None:
                 os.close(target.fd)
+
+    def _foreign_terminal(self, sup: Supervisor, tid: int, st: os.stat_result) -> bool:
+        """A /dev/pts terminal that is not the tree's own (``enforce.terminals``)."""
+        index = terminals.pts_index(st)
+        if index is None:
+            return False
+        if self.terminals is None:
+            self.terminals = terminals.Ownership(sup.tree.root, sup.tree.contains)
+        return self.terminals.foreign(tid, index)
 
     def _emulable(self, tid: int, flags: int, target: Target) -> bool:
         """The supervisor may open this for the process: a read-only open of a regular

@@ -16,6 +16,7 @@ import functools
 import itertools
 import json
 import os
+import select
 import shlex
 import signal
 import socket
@@ -341,6 +342,33 @@ def test_ordinary_work_keeps_working(runner: Runner, name: str) -> None:
     assert "blocked by policy" not in result["err"], result["err"]
     assert not [e for e in result["events"] if e["decision"] == "deny"], result["events"]
     assert result["exited"]
+
+
+def test_another_sessions_terminal_cannot_be_written_or_read(runner: Runner) -> None:
+    """A terminal of a session outside the tree (here the test's own pty, standing for a
+    person's) is refused with the rule; nothing reaches it. A pty the tree makes itself
+    is usable by name."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    try:
+        result = runner.run(
+            f"printf 'X\\033]52;c;ZWNobyBwd25lZA==\\007' > {name}; timeout 2 cat {name}"
+        )
+        received = b""
+        while select.select([master], [], [], 0.2)[0]:
+            received += os.read(master, 1024)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert received == b"", received
+    assert result["rc"] != 0, result
+    denials = _file_denials(result, "terminal-of-another-session")
+    assert len(denials) == 2, result["events"]  # the write and the read
+    own = runner.run(
+        'python3 -c "import os, pty; m, s = pty.openpty(); n = os.ttyname(s); '
+        "open(n, 'w').write('x'); print(os.read(m, 10))\""
+    )
+    assert (own["rc"], own["out"]) == (0, "b'x'\n"), own
 
 
 STORM_SCRIPT = (
