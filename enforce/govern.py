@@ -92,7 +92,7 @@ class Hardening:
     refused with EPERM and audited when it fires. One field per config switch."""
 
     signals: bool = True  # kill & co and F_SETOWN & co: only within the governed tree
-    ptrace: bool = True  # ptrace attach and pidfd_getfd: only within the tree
+    ptrace: bool = True  # ptrace, pidfd_getfd, prlimit & scheduling of others: the tree only
     mount: bool = True  # mount, umount2, pivot_root and the new mount API
     kernel: bool = True  # kexec_*, module loading, reboot, iopl/ioperm
     bpf: bool = True  # bpf, perf_event_open
@@ -125,7 +125,7 @@ def filter_spec(
     if hardening.signals:
         notify += sorted(sigcalls.SIGNAL_CALLS)
     if hardening.ptrace:
-        notify.append(sigcalls.NR_PIDFD_GETFD)
+        notify += [sigcalls.NR_PIDFD_GETFD, *sigcalls.BY_KIND]
     if hardening.tty_injection:
         notify.append(NR_VHANGUP)
     for group, nrs in _GROUPS.items():
@@ -143,6 +143,7 @@ def _argument_rules(hardening: Hardening) -> list[ArgRule]:
         args.append(
             ArgRule(sigcalls.NR_PTRACE, 0, (PTRACE_ATTACH, PTRACE_SEIZE), "notify", "allow")
         )
+        args += [ArgRule(nr, 0, (0,), "allow", "notify") for nr in sigcalls.BY_PID]
     ioctls: list[int] = []
     if hardening.signals:  # the owner the kernel signals on I/O (enforce.fdowner)
         ioctls += fdowner.IOCTL_COMMANDS

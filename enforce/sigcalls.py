@@ -9,7 +9,9 @@ signals, and ptrace or pidfd_getfd of another process.
   syscall, so daemons stay members). Pid 1, the supervisor and ``kill -1`` are refused
   whatever a rule says; a refusal is EPERM. Signal 0 (an existence probe) is allowed.
   ``enforce.fdowner`` judges the owner a descriptor signals on I/O with :func:`refusal`.
-- ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree, else EPERM.
+- ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree, else EPERM; so are
+  prlimit64 (RLIMIT_CPU kills), sched_set*, setpriority and ioprio_set of another process
+  (``handle_process_call``: a whole user's processes are always refused).
 
 Refusals and signals a ``signal_rules`` entry decided are audited (layer "signal" or
 "syscall"); the built-in allow is not.
@@ -36,6 +38,35 @@ SIGNAL_CALLS: Final = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send
 }
 NR_PTRACE, NR_PIDFD_GETFD = 101, 438
 REACH_CALLS: Final = (NR_PTRACE, NR_PIDFD_GETFD)
+# Calls that change another process's limits or scheduling. The first argument names the
+# process; 0 (the caller itself) passes in the filter. prlimit64 can kill (RLIMIT_CPU).
+BY_PID: Final = {
+    302: "prlimit64",
+    142: "sched_setparam",
+    144: "sched_setscheduler",
+    203: "sched_setaffinity",
+    314: "sched_setattr",
+}
+NR_PRLIMIT64: Final = 302
+# (which, who) calls: handed over whatever the arguments (the "user" kind reaches every
+# process of a uid, and so never only the tree).
+BY_KIND: Final = {141: "setpriority", 251: "ioprio_set"}
+_KINDS: Final = {141: ("process", "group", "user"), 251: ("", "process", "group", "user")}
+
+
+def traps(nr: int) -> bool:
+    """Syscall ``nr`` is one this module answers."""
+    return nr in SIGNAL_CALLS or nr in REACH_CALLS or nr in BY_PID or nr in BY_KIND
+
+
+def handle(sup: Supervisor, note: seccomp.Notification) -> None:
+    """Answer one of the calls :func:`traps` names."""
+    if note.nr in SIGNAL_CALLS:
+        handle_signal(sup, note)
+    elif note.nr in REACH_CALLS:
+        handle_reach(sup, note)
+    else:
+        handle_process_call(sup, note)
 
 
 def handle_signal(sup: Supervisor, note: seccomp.Notification) -> None:
@@ -94,8 +125,53 @@ def handle_reach(sup: Supervisor, note: seccomp.Notification) -> None:
     rule_of = _target_refusal(sup, target) or ("outside-tree", "")
     rule = f"{name}-{rule_of[0].removeprefix('signal-')}"
     message = f"{name} of process {target} outside the governed tree is not allowed"
-    event = sup.syscall_event(note.pid, f"{name}({target})", rule, message, "syscall")
-    sup.refuse(note, f"{name}({target})", event, errno.EPERM)
+    _refuse_reach(sup, note, f"{name}({target})", rule, message)
+
+
+def handle_process_call(sup: Supervisor, note: seccomp.Notification) -> None:
+    """prlimit64, sched_set*, setpriority, ioprio_set: only on the caller's own tree."""
+    name = BY_PID.get(note.nr) or BY_KIND[note.nr]
+    if note.nr == NR_PRLIMIT64 and note.args[2] == 0:  # no new limit: only a read
+        sup.listener.allow(note.id)
+        return
+    if note.nr in BY_PID:
+        kind, who = "process", tracee.s32(note.args[0])
+    else:
+        kinds = _KINDS[note.nr]
+        which = tracee.s32(note.args[0])
+        kind = kinds[which] if 0 <= which < len(kinds) else ""
+        who = tracee.s32(note.args[1])
+    if kind == "user":
+        message = f"{name} of every process of a user reaches processes outside the tree"
+        _refuse_reach(sup, note, f"{name}(user {who})", f"{name}-user", message)
+        return
+    st = tracee.stat(note.pid)
+    if kind == "group":
+        pids = signaltarget.group_members(who or (st.pgrp if st else 0))
+    else:
+        pids = [who] if who else []
+    outside = next((p for p in pids if not _ours(sup, note.pid, p)), None)
+    if outside is None:  # the caller, its tree, or nothing: the kernel decides
+        sup.listener.allow(note.id)
+        return
+    rule_of = _target_refusal(sup, outside) or ("outside-tree", "")
+    message = f"{name} of process {outside} outside the governed tree is not allowed"
+    what = f"{name}({kind} {who})"
+    _refuse_reach(sup, note, what, f"{name}-{rule_of[0].removeprefix('signal-')}", message)
+
+
+def _ours(sup: Supervisor, caller: int, pid: int) -> bool:
+    gone = pid > 1 and tracee.stat(pid) is None
+    return (
+        gone or pid == caller or tracee.tgid(pid) == tracee.tgid(caller) or sup.tree.contains(pid)
+    )
+
+
+def _refuse_reach(
+    sup: Supervisor, note: seccomp.Notification, what: str, rule: str, message: str
+) -> None:
+    event = sup.syscall_event(note.pid, what, rule, message, "syscall")
+    sup.refuse(note, what, event, errno.EPERM)
 
 
 def _target_refusal(sup: Supervisor, pid: int) -> tuple[str, str] | None:

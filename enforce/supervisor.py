@@ -380,10 +380,8 @@ class Supervisor:
             self._exec(note)
         elif self.files is not None and note.nr in self.files.trapped:
             self.files.handle(self, note)
-        elif note.nr in sigcalls.SIGNAL_CALLS:
-            sigcalls.handle_signal(self, note)
-        elif note.nr in sigcalls.REACH_CALLS:
-            sigcalls.handle_reach(self, note)
+        elif sigcalls.traps(note.nr):
+            sigcalls.handle(self, note)
         elif note.nr in VIEW_CALLS:
             # From now on every exec checks the caller's root and mount namespace.
             self.views_changed = True

@@ -181,6 +181,23 @@ _PY_HOSTNAME = "import ctypes, os, socket; libc = ctypes.CDLL(None, use_errno=Tr
 _PY_FANOTIFY = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
     "r = libc.fanotify_init(0, 0); print(r, os.strerror(ctypes.get_errno()))"
 )
+# Limits and scheduling of an outside process, set to what they already are (harmless
+# were it allowed; RLIMIT_CPU would kill it).
+_PY_PRLIMIT = "import os, resource, sys; pid = int(sys.argv[1]); " + (
+    "cur = resource.prlimit(pid, resource.RLIMIT_CORE)\n"
+    "try: resource.prlimit(pid, resource.RLIMIT_CORE, cur); print(0)\n"
+    "except OSError as e: print(-1, e.strerror)"
+)
+_PY_AFFINITY = "import os, sys; pid = int(sys.argv[1]); " + (
+    "cur = os.sched_getaffinity(pid)\n"
+    "try: os.sched_setaffinity(pid, cur); print(0)\n"
+    "except OSError as e: print(-1, e.strerror)"
+)
+_PY_NICE = "import os, sys; pid = int(sys.argv[1]); " + (
+    "cur = os.getpriority(os.PRIO_PROCESS, pid)\n"
+    "try: os.setpriority(os.PRIO_PROCESS, pid, cur); print(0)\n"
+    "except OSError as e: print(-1, e.strerror)"
+)
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
     "owner-outside": (
@@ -200,6 +217,15 @@ HARDENING: dict[str, tuple[str, str]] = {
     "keyring": (f"python3 -c {shlex.quote(_PY_KEYCTL)}", "deny-keyctl"),
     "hostname": (f"python3 -c {shlex.quote(_PY_HOSTNAME)}", "deny-sethostname"),
     "fanotify": (f"python3 -c {shlex.quote(_PY_FANOTIFY)}", "deny-fanotify_init"),
+    "prlimit-outside": (
+        f"python3 -c {shlex.quote(_PY_PRLIMIT)} {{outside}}",
+        "prlimit64-outside-tree",
+    ),
+    "affinity-outside": (
+        f"python3 -c {shlex.quote(_PY_AFFINITY)} {{outside}}",
+        "sched_setaffinity-outside-tree",
+    ),
+    "nice-outside": (f"python3 -c {shlex.quote(_PY_NICE)} {{outside}}", "setpriority-outside-tree"),
     "mount": (f"mkdir -p {{w}}/mnt && python3 -c {shlex.quote(_PY_MOUNT)} {{w}}/mnt", "deny-mount"),
     "ptrace-outside": (f"python3 -c {shlex.quote(_PY_SEIZE)} {{outside}}", "ptrace-outside-tree"),
 }
@@ -210,6 +236,12 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "make": ("printf 'all:\\n\\t@echo made\\n' > {w}/Makefile && make -s -C {w}", "made\n"),
     "thread-exec": (f"python3 -c {shlex.quote(_PY_THREAD_EXEC)} /usr/bin/echo hi", "hi\n"),
     # its own process may own its descriptors (checked, then set by the supervisor)
+    # limits and scheduling of its own processes stay the shell's to change
+    "limits-self": (
+        "ulimit -n 1024 && nice -n 1 true && taskset -c 0 true && renice -n 1 $$ >/dev/null && "
+        f"python3 -c {shlex.quote(_PY_PRLIMIT)} $$ && python3 -c {shlex.quote(_PY_NICE)} $$",
+        "0\n0\n",
+    ),
     "owner-self": (
         "for k in setown setown-ex fiosetown; do "
         f"python3 -c {shlex.quote(_PY_OWNER)} $k self; done",
@@ -427,6 +459,7 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
     printed = ("ptrace-outside", "mount", "vhangup", "keyring", "hostname", "fanotify")
+    printed += ("prlimit-outside", "affinity-outside", "nice-outside")
     if name in printed or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
         assert "Operation not permitted" in r["out"], r  # ...with EPERM

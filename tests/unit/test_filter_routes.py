@@ -102,3 +102,16 @@ def test_the_kernel_log_may_be_read_not_cleared() -> None:
     for action in govern.SYSLOG_CHANGES:
         data = SeccompData(govern.NR_SYSLOG, args=(action,))
         assert bpf.run(PROG, data) == bpf.RET_USER_NOTIF
+
+
+@pytest.mark.parametrize("nr", [302, 142, 144, 203, 314])  # prlimit64, sched_set*
+def test_limits_and_scheduling_of_the_caller_itself_pass_the_filter(nr: int) -> None:
+    assert bpf.run(PROG, SeccompData(nr, args=(0, 7, 0))) == bpf.RET_ALLOW
+    assert bpf.run(PROG, SeccompData(nr, args=(4242, 7, 0))) == bpf.RET_USER_NOTIF
+    off = bpf.build(govern.filter_spec(govern.Hardening(ptrace=False)))
+    assert bpf.run(off, SeccompData(nr, args=(4242, 7, 0))) == bpf.RET_ALLOW
+
+
+@pytest.mark.parametrize("nr", [141, 251])  # setpriority, ioprio_set: (which, who)
+def test_priority_calls_always_reach_the_supervisor(nr: int) -> None:
+    assert bpf.run(PROG, SeccompData(nr, args=(0, 0, 5))) == bpf.RET_USER_NOTIF
