@@ -54,7 +54,7 @@ def _todo(*keys: str) -> dict[str, _Schema | _Leaf]:
 HARDENING_GROUPS = (
     "signals", "ptrace", "mount", "kernel", "bpf", "userfaultfd", "io_uring",
     "process_vm_writev", "open_by_handle", "tty_injection", "personality", "keyring",
-    "system", "fanotify",
+    "system", "fanotify", "packet_capture",
 )  # fmt: skip
 
 # The Landlock section (top-level, as the Go agentsh has it, or under sandbox): its values

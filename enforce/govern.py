@@ -65,7 +65,8 @@ from agentsh.enforce.record import dataclass
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
 PERSONALITY_QUERY, PER_LINUX = 0xFFFFFFFF, 0
-NR_IOCTL, NR_PERSONALITY, NR_VHANGUP, NR_SYSLOG = 16, 135, 153, 103
+NR_IOCTL, NR_PERSONALITY, NR_VHANGUP, NR_SYSLOG, NR_SOCKET = 16, 135, 153, 103, 41
+AF_PACKET = 17
 # syslog(2) actions that change the kernel log or the console: READ_CLEAR, CLEAR,
 # CONSOLE_OFF, CONSOLE_ON, CONSOLE_LEVEL.
 SYSLOG_CHANGES = (4, 5, 6, 7, 8)
@@ -105,6 +106,7 @@ class Hardening:
     keyring: bool = True  # the kernel keyring: shared by every process of the user
     system: bool = True  # clock, hostname, swap, accounting, quotas, clearing the kernel log
     fanotify: bool = True  # watching every process's file access, and getting its files
+    packet_capture: bool = True  # AF_PACKET sockets: every process's network traffic
 
 
 def filter_spec(
@@ -137,7 +139,7 @@ def filter_spec(
 
 def _argument_rules(hardening: Hardening) -> list[ArgRule]:
     """The hardening that depends on an argument: which ptrace request, fcntl command,
-    ioctl request, syslog action or personality."""
+    ioctl request, syslog action, personality or socket family."""
     args: list[ArgRule] = []
     if hardening.ptrace:
         args.append(
@@ -156,6 +158,8 @@ def _argument_rules(hardening: Hardening) -> list[ArgRule]:
         args.append(ArgRule(NR_SYSLOG, 0, SYSLOG_CHANGES, "notify", "allow"))
     if hardening.personality:
         args.append(ArgRule(NR_PERSONALITY, 0, (PERSONALITY_QUERY, PER_LINUX), "allow", "notify"))
+    if hardening.packet_capture:
+        args.append(ArgRule(NR_SOCKET, 0, (AF_PACKET,), "notify", "allow"))
     return args
 
 

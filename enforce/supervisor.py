@@ -192,6 +192,7 @@ HARDENED: dict[int, tuple[str, str]] = {
     179: ("quotactl", "changing disk quotas"),
     443: ("quotactl_fd", "changing disk quotas"),
     103: ("syslog", "clearing the kernel log or changing the console's log level"),
+    41: ("socket", "capturing the machine's network traffic (AF_PACKET sockets)"),
     300: ("fanotify_init", "watching other processes' file access (it hands over their files)"),
     301: ("fanotify_mark", "watching other processes' file access (it hands over their files)"),
     135: ("personality", "changing the execution domain (personality)"),

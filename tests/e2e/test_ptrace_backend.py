@@ -198,6 +198,10 @@ _PY_NICE = "import os, sys; pid = int(sys.argv[1]); " + (
     "try: os.setpriority(os.PRIO_PROCESS, pid, cur); print(0)\n"
     "except OSError as e: print(-1, e.strerror)"
 )
+_PY_PACKET = "import socket\n" + (
+    "try: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); print(0)\n"
+    "except OSError as e: print(-1, e.strerror)"
+)
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
     "owner-outside": (
@@ -217,6 +221,7 @@ HARDENING: dict[str, tuple[str, str]] = {
     "keyring": (f"python3 -c {shlex.quote(_PY_KEYCTL)}", "deny-keyctl"),
     "hostname": (f"python3 -c {shlex.quote(_PY_HOSTNAME)}", "deny-sethostname"),
     "fanotify": (f"python3 -c {shlex.quote(_PY_FANOTIFY)}", "deny-fanotify_init"),
+    "packet-capture": (f"python3 -c {shlex.quote(_PY_PACKET)}", "deny-socket"),
     "prlimit-outside": (
         f"python3 -c {shlex.quote(_PY_PRLIMIT)} {{outside}}",
         "prlimit64-outside-tree",
@@ -459,7 +464,7 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
     printed = ("ptrace-outside", "mount", "vhangup", "keyring", "hostname", "fanotify")
-    printed += ("prlimit-outside", "affinity-outside", "nice-outside")
+    printed += ("prlimit-outside", "affinity-outside", "nice-outside", "packet-capture")
     if name in printed or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
         assert "Operation not permitted" in r["out"], r  # ...with EPERM

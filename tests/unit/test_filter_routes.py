@@ -115,3 +115,11 @@ def test_limits_and_scheduling_of_the_caller_itself_pass_the_filter(nr: int) -> 
 @pytest.mark.parametrize("nr", [141, 251])  # setpriority, ioprio_set: (which, who)
 def test_priority_calls_always_reach_the_supervisor(nr: int) -> None:
     assert bpf.run(PROG, SeccompData(nr, args=(0, 0, 5))) == bpf.RET_USER_NOTIF
+
+
+def test_packet_sockets_reach_the_supervisor_and_others_pass() -> None:
+    af_inet, af_unix, af_netlink = 2, 1, 16
+    packet = SeccompData(govern.NR_SOCKET, args=(govern.AF_PACKET, 3, 768))
+    assert bpf.run(PROG, packet) == bpf.RET_USER_NOTIF
+    for family in (af_inet, af_unix, af_netlink):
+        assert bpf.run(PROG, SeccompData(govern.NR_SOCKET, args=(family, 1, 0))) == bpf.RET_ALLOW
