@@ -9,8 +9,9 @@ notification it decides, audits through ``sink``, and answers:
   ``/proc/self/root``), follow ``#!`` interpreters, ask ``checker`` about the program and
   each interpreter, re-check SECCOMP_IOCTL_NOTIF_ID_VALID, then CONTINUE or EACCES. A refusal
   writes one line to the process's stderr where possible.
-- signals (kill & co) and ptrace/pidfd_getfd of another process: ``enforce.sigcalls``
-  (the policy's ``signal_rules``, else the caller's own tree only); the owner a descriptor
+- signals (kill & co), and ptrace, pidfd_getfd, prlimit, setpriority and sched_* of another
+  process: ``enforce.sigcalls`` (the policy's ``signal_rules``, else the caller's own tree
+  only); the owner a descriptor
   signals on I/O (F_SETOWN & co): ``enforce.fdowner``, judged the same way;
 - the file calls the file monitor traps: ``enforce.fileguard``;
 - everything else the filter traps (mount, kexec, bpf, io_uring, TIOCSTI, vhangup, ...)
