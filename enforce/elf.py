@@ -33,7 +33,16 @@ LOADER_SONAME: Final = re.compile(
 
 
 def is_loader(fd: int, head: bytes) -> bool:
-    """``fd`` (open for reading) is a dynamic loader; ``head`` is its first bytes."""
+    """``fd`` (open for reading) is a dynamic loader; ``head`` is its first bytes. A file
+    this cannot parse (offsets past any file, a read error) is not one: the answer is
+    only an extra name to judge the exec under, never a reason to let it run."""
+    try:
+        return _is_loader(fd, head)
+    except (OSError, OverflowError, ValueError, struct.error):
+        return False
+
+
+def _is_loader(fd: int, head: bytes) -> bool:
     if len(head) < _EHDR.size or not head.startswith(b"\x7fELF\x02\x01"):
         return False
     _, e_type, _, _, _, phoff, _, _, _, phentsize, phnum, *_ = _EHDR.unpack_from(head)

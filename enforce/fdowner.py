@@ -21,7 +21,6 @@ is done only for a caller whose credentials are the supervisor's; another is ref
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -40,7 +39,6 @@ FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902
 FCNTL_COMMANDS: Final = (F_SETOWN, F_SETOWN_EX)
 IOCTL_COMMANDS: Final = (FIOSETOWN, SIOCSPGRP)
 F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
-PIDFD_THREAD: Final = os.O_EXCL  # pidfd_open(2) of a thread (Linux >= 6.9)
 _NAMES: Final = {F_SETOWN: "F_SETOWN", F_SETOWN_EX: "F_SETOWN_EX"}
 _NAMES_IOCTL: Final = {FIOSETOWN: "FIOSETOWN", SIOCSPGRP: "SIOCSPGRP"}
 
@@ -116,7 +114,7 @@ def _apply(sup: Supervisor, note: seccomp.Notification, owner: tuple[int, int], 
         sup.refuse(note, what, event, errno.EPERM)
         return
     try:
-        dup = _duplicate(note.pid, fd)
+        dup = seccomp.duplicate_fd(note.pid, tracee.tgid(note.pid), fd)
     except OSError as err:
         sup.listener.fail(note.id, err.errno or errno.EBADF)
         return
@@ -131,16 +129,3 @@ def _apply(sup: Supervisor, note: seccomp.Notification, owner: tuple[int, int], 
     finally:
         os.close(dup)
     sup.listener.succeed(note.id, 0)
-
-
-def _duplicate(tid: int, fd: int) -> int:
-    """A duplicate of thread ``tid``'s descriptor ``fd`` (the same open file)."""
-    try:
-        pidfd = os.pidfd_open(tid, PIDFD_THREAD)
-    except OSError:
-        pidfd = os.pidfd_open(tracee.tgid(tid))  # a kernel before 6.9: the thread group
-    try:
-        return seccomp.pidfd_getfd(pidfd, fd)
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(pidfd)

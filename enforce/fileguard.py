@@ -201,12 +201,8 @@ class Monitor:
                 verdict = _relieved(self.plan.policy, verdict, target.path, flags, st)
             if not self._allowed(sup, note, f"{ops[-1]} {target.path}", verdict):
                 return
-            if st is not None and self._foreign_terminal(sup, tid, st):
-                why = (
-                    f"{target.path} is the terminal of another session (a person's, or "
-                    "another program's): a governed process may use only its own terminals"
-                )
-                refusal = Verdict(Decision.DENY, terminals.RULE, why, target.path)
+            refusal = self._terminal_refusal(sup, tid, target)
+            if refusal is not None:
                 self._refuse(sup, note, f"{ops[-1]} {target.path}", refusal)
                 return
             if target.fd is not None and self._emulable(tid, flags, target):
@@ -220,14 +216,21 @@ class Monitor:
             if target.fd is not None:
                 os.close(target.fd)
 
-    def _foreign_terminal(self, sup: Supervisor, tid: int, st: os.stat_result) -> bool:
-        """A /dev/pts terminal that is not the tree's own (``enforce.terminals``)."""
-        index = terminals.pts_index(st)
+    def _terminal_refusal(self, sup: Supervisor, tid: int, target: Target) -> Verdict | None:
+        """A refusal when ``target`` is a /dev/pts terminal that is not the tree's own
+        (``enforce.terminals``), whatever the file rules said."""
+        index = terminals.pts_index(target.st) if target.st is not None else None
         if index is None:
-            return False
+            return None
         if self.terminals is None:
             self.terminals = terminals.Ownership(sup.tree.root, sup.tree.contains)
-        return self.terminals.foreign(tid, index)
+        if not self.terminals.foreign(tid, index):
+            return None
+        why = (
+            f"{target.path} is the terminal of another session (a person's, or another "
+            "program's): a governed process may use only its own terminals"
+        )
+        return Verdict(Decision.DENY, terminals.RULE, why, target.path)
 
     def _emulable(self, tid: int, flags: int, target: Target) -> bool:
         """The supervisor may open this for the process: a read-only open of a regular
@@ -320,6 +323,8 @@ class Monitor:
         if (target.st.st_dev, target.st.st_ino) == (dev, ino):
             return
         verdict = self.judge(ops, target, write=write, tid=tid)
+        if verdict.allowed:
+            verdict = self._terminal_refusal(sup, tid, target) or verdict
         if verdict.allowed:
             return
         with contextlib.suppress(ProcessLookupError):

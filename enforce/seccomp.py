@@ -26,6 +26,7 @@ NR_SECCOMP: Final = 317
 NR_PROCESS_VM_READV: Final = 310
 NR_PIDFD_OPEN: Final = 434
 NR_PIDFD_GETFD: Final = 438
+PIDFD_THREAD: Final = os.O_EXCL  # pidfd_open(2) flag: a thread, not its thread group
 
 SECCOMP_SET_MODE_FILTER: Final = 1
 SECCOMP_GET_ACTION_AVAIL: Final = 2
@@ -302,6 +303,24 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """pidfd_getfd(2): a close-on-exec duplicate of the target's ``targetfd`` (the same
     open file description: same access mode, offset and flags)."""
     return syscall(NR_PIDFD_GETFD, pidfd, targetfd, 0)
+
+
+def duplicate_fd(tid: int, tgid: int, fd: int) -> int:
+    """pidfd_getfd(2) of thread ``tid``'s descriptor ``fd``, through the thread's own pidfd
+    (PIDFD_THREAD, Linux >= 6.9: its fd table even if it has one of its own), else its
+    thread group's (``tgid``).
+
+    Raises:
+        OSError: the thread is gone (ESRCH), ``fd`` is not open (EBADF), EPERM.
+    """
+    try:
+        pidfd = os.pidfd_open(tid, PIDFD_THREAD)
+    except OSError:
+        pidfd = os.pidfd_open(tgid)
+    try:
+        return pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
 
 
 class _IoVec(ctypes.Structure):

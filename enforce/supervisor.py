@@ -589,13 +589,8 @@ class Supervisor:
         """
         data = (printable(line, 1000) + "\n").encode("utf-8", "replace")[: select.PIPE_BUF]
         try:
-            pidfd = os.pidfd_open(tracee.tgid(tid))
+            fd = seccomp.duplicate_fd(tid, tracee.tgid(tid), 2)
         except OSError:
-            return
-        try:
-            fd = seccomp.pidfd_getfd(pidfd, 2)
-        except OSError:
-            os.close(pidfd)
             return
         try:
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
@@ -608,7 +603,6 @@ class Supervisor:
             pass  # best effort: the refusal itself does not depend on it
         finally:
             os.close(fd)
-            os.close(pidfd)
 
     def _event(self, req: ExecRequest, verdict: Verdict, when: float = 0.0) -> audit.Event:
         return audit.Event(

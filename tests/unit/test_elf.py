@@ -83,3 +83,16 @@ def test_only_64_bit_little_endian_files_are_parsed() -> None:
     head = b"\x7fELF\x02\x02" + bytes(58)  # big-endian
     assert not elf.is_loader(-1, head)
     assert struct.calcsize("<16sHHIQQQIHHHHHH") == 64
+
+
+def test_offsets_past_any_file_are_not_a_loader_and_do_not_raise() -> None:
+    """A crafted header (program headers at 2**63) must not crash the supervisor."""
+    head = struct.pack(
+        "<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), elf.ET_DYN, 62, 1, 0,
+        1 << 63, 0, 0, 64, 56, 3, 64, 0, 0,
+    )  # fmt: skip
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        assert not elf.is_loader(fd, head)
+    finally:
+        os.close(fd)
