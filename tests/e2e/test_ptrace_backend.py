@@ -181,22 +181,28 @@ _PY_HOSTNAME = "import ctypes, os, socket; libc = ctypes.CDLL(None, use_errno=Tr
 _PY_FANOTIFY = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); " + (
     "r = libc.fanotify_init(0, 0); print(r, os.strerror(ctypes.get_errno()))"
 )
+
+
+def _set_as_is(read: str, write: str) -> str:
+    """A snippet that sets a property of process ``argv[1]`` to what it already is (``read``
+    binds ``cur``, ``write`` uses it): prints 0, or -1 and the error."""
+    return (
+        "import os, resource, sys; pid = int(sys.argv[1])\n"
+        f"cur = {read}\n"
+        f"try: {write}; print(0)\n"
+        "except OSError as e: print(-1, e.strerror)"
+    )
+
+
 # Limits and scheduling of an outside process, set to what they already are (harmless
 # were it allowed; RLIMIT_CPU would kill it).
-_PY_PRLIMIT = "import os, resource, sys; pid = int(sys.argv[1]); " + (
-    "cur = resource.prlimit(pid, resource.RLIMIT_CORE)\n"
-    "try: resource.prlimit(pid, resource.RLIMIT_CORE, cur); print(0)\n"
-    "except OSError as e: print(-1, e.strerror)"
+_PY_PRLIMIT = _set_as_is(
+    "resource.prlimit(pid, resource.RLIMIT_CORE)",
+    "resource.prlimit(pid, resource.RLIMIT_CORE, cur)",
 )
-_PY_AFFINITY = "import os, sys; pid = int(sys.argv[1]); " + (
-    "cur = os.sched_getaffinity(pid)\n"
-    "try: os.sched_setaffinity(pid, cur); print(0)\n"
-    "except OSError as e: print(-1, e.strerror)"
-)
-_PY_NICE = "import os, sys; pid = int(sys.argv[1]); " + (
-    "cur = os.getpriority(os.PRIO_PROCESS, pid)\n"
-    "try: os.setpriority(os.PRIO_PROCESS, pid, cur); print(0)\n"
-    "except OSError as e: print(-1, e.strerror)"
+_PY_AFFINITY = _set_as_is("os.sched_getaffinity(pid)", "os.sched_setaffinity(pid, cur)")
+_PY_NICE = _set_as_is(
+    "os.getpriority(os.PRIO_PROCESS, pid)", "os.setpriority(os.PRIO_PROCESS, pid, cur)"
 )
 _PY_PACKET = "import socket\n" + (
     "try: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); print(0)\n"
