@@ -5,7 +5,11 @@ the exec-boundary check; the same without the C hot path, libagentsh-boundary.so
 Python judges and checks every exec; without the check; with it plus the real SQLite
 audit store), interleaved, and prints medians and ratios.
 
-    .venv/bin/python bench/exec_bench.py [--reps N] [--execs N] [--syscalls N]
+    .venv/bin/python bench/exec_bench.py [--reps N] [--execs N] [--syscalls N] [--cpus LIST]
+
+--cpus 0 runs everything (tree and supervisor) on one CPU: on a VM whose idle vCPUs halt
+at once, most of the exec loop's overhead on two CPUs is the hand-off between them
+(bench/notify_floor.py measures one).
 
 Workloads:
   start       /bin/true: the fixed cost of starting supervision (fork, filter, hand-off)
@@ -23,6 +27,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import cpus  # bench/cpus.py
 
 from agentsh.enforce import audit, config, fastpath, govern, loader, supervisor
 from agentsh.shell import supervise
@@ -80,7 +86,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--execs", type=int, default=1000)
     ap.add_argument("--syscalls", type=int, default=300000)
+    cpus.add_option(ap)
     opts = ap.parse_args()
+    where = cpus.apply(opts)
     checker = _policy_checker()
     workloads = {
         "start": ["/bin/true"],
@@ -93,7 +101,7 @@ def main() -> int:
         for w, argv in workloads.items():
             for m in modes:  # interleaved: machine noise hits every mode alike
                 times[w, m].append(_run(argv, m, checker))
-    print(f"{'workload':<10} {'mode':<13} {'median s':>9} {'ratio':>7}   (reps={opts.reps})")
+    print(f"{'workload':<10} {'mode':<13} {'median s':>9} {'ratio':>7}   reps={opts.reps}, {where}")
     for w in workloads:
         base = statistics.median(times[w, "ungoverned"])
         for m in modes:

@@ -7,6 +7,7 @@ in a fresh forked child that first enters the mode, then times the workload itse
   big-read      read a 200 MB file (page cache warm) in 1 MiB chunks
 
     .venv/bin/python bench/file_bench.py [--reps N] [--files N] [--mb N] [--dir DIR]
+                                         [--cpus LIST]
 
 The work directory is on tmpfs (/dev/shm) unless --dir says otherwise: on a shared VM the
 disk's journal adds noise many times larger than the layers' cost (the same 2,000-file
@@ -35,6 +36,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import cpus  # bench/cpus.py
 
 from agentsh.enforce import audit, config, filemon, govern, landlock, loader
 from agentsh.enforce.policy import Decision, Policy, Verdict
@@ -192,7 +195,9 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    cpus.add_option(ap)
     opts = ap.parse_args()
+    opts.where = cpus.apply(opts)
     work = Path(tempfile.mkdtemp(prefix="agentsh-file-bench-", dir=opts.dir))
     try:
         big = work / "big.bin"
@@ -213,6 +218,7 @@ def main() -> int:
 
 def report(samples: dict[str, dict[str, list[float]]], opts: argparse.Namespace) -> None:
     print(f"dir={opts.dir} files={opts.files} big={opts.mb} MB reps={opts.reps} (medians, ms)")
+    print(opts.where)
     print(f"{'phase':<12}" + "".join(f"{m:>18}" for m in MODES) + "   ratio vs ungoverned")
     for key in ("create", "stat", "read", "delete", "small-files", "big-read"):
         meds = {m: statistics.median(samples[m][key]) for m in MODES}

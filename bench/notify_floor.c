@@ -7,12 +7,19 @@
  * MODE: 0 no filter; 1 notify, CONTINUE at once; 2 as 1 with SYNC_WAKE_UP; 3 as 2 and
  * read the path with process_vm_readv; 4 as 2 and read path and argv through
  * /proc/PID/mem; 5 as 4 and resolve the path (openat2, fstat, readlink) and check the
- * id is still valid. */
+ * id is still valid.
+ *
+ *   notify-floor wake CPU_A CPU_B
+ *
+ * prints the microseconds of one pipe round trip between a process on CPU_A and one
+ * on CPU_B (two wake-ups of a sleeping process): what any supervisor that answers
+ * from another CPU pays on top of its own work. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +31,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NOTIF_SET_FLAGS 0x40082104UL /* SECCOMP_IOCTL_NOTIF_SET_FLAGS, flag by value */
@@ -107,8 +115,48 @@ static void serve(int mode, int listener)
 	}
 }
 
+static void pin(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof set, &set) != 0)
+		_exit(1);
+}
+
+/* Pipe ping-pong between CPUs a and b; returns 0 after printing us per round trip. */
+static int wake(int a, int b)
+{
+	enum { ROUNDS = 20000 };
+	int there[2], back[2];
+	char c = 'x';
+	struct timespec t0, t1;
+	if (pipe(there) != 0 || pipe(back) != 0)
+		return 1;
+	pid_t peer = fork();
+	if (peer == 0) {
+		pin(b);
+		for (int i = 0; i < ROUNDS; i++)
+			if (read(there[0], &c, 1) != 1 || write(back[1], &c, 1) != 1)
+				_exit(1);
+		_exit(0);
+	}
+	pin(a);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < ROUNDS; i++)
+		if (write(there[1], &c, 1) != 1 || read(back[0], &c, 1) != 1)
+			return 1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	waitpid(peer, NULL, 0);
+	double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+	printf("%.1f\n", ns / ROUNDS / 1e3);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 4 && strcmp(argv[1], "wake") == 0)
+		return wake(atoi(argv[2]), atoi(argv[3]));
 	if (argc < 3)
 		return 2;
 	int mode = atoi(argv[1]), sv[2], status;

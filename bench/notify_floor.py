@@ -5,18 +5,28 @@ execve with CONTINUE, then with the reads any real supervisor needs, interleaved
 ungoverned loop. Whatever agentsh's supervisor does costs at least the first row; its
 exec-boundary check (a ptrace seize, exec stop and detach per exec) comes on top.
 
-    .venv/bin/python bench/notify_floor.py [--reps N] [--execs N]
+It also prints what waking a sleeping process costs on the same CPU and across two
+(a pipe round trip): on a VM whose idle vCPUs halt at once, the second figure is what
+every hand-off between the tree and a supervisor on another vCPU pays.
+
+    .venv/bin/python bench/notify_floor.py [--reps N] [--execs N] [--cpus LIST]
+
+--cpus pins the whole run (tree and supervisor) to those CPUs, e.g. --cpus 0: it
+separates the supervisor's own cost from the cost of crossing between CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cpus  # bench/cpus.py
 
 HERE = Path(__file__).resolve().parent
 MODES = {
@@ -33,11 +43,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--execs", type=int, default=1000)
+    cpus.add_option(ap)
     opts = ap.parse_args()
+    where = cpus.apply(opts)
     with tempfile.TemporaryDirectory(prefix="agentsh-floor-") as tmp:
         binary = Path(tmp) / "notify-floor"
         cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary)]
         subprocess.run([*cmd, str(HERE / "notify_floor.c")], check=True)
+        wake = {pair: _wake(binary, *pair) for pair in _pairs()}
         loop = f"for i in $(seq {opts.execs}); do /bin/true; done"
         times: dict[int, list[float]] = {m: [] for m in MODES}
         for _ in range(opts.reps):
@@ -46,12 +59,27 @@ def main() -> int:
                 subprocess.run([str(binary), str(mode), "/usr/bin/bash", "-c", loop], check=True)
                 times[mode].append(time.perf_counter() - start)
     base = statistics.median(times[0])
-    print(f"{opts.execs} execs from a bash loop, median of {opts.reps} (interleaved)")
+    print(f"{opts.execs} execs from a bash loop, median of {opts.reps} (interleaved); {where}")
     for mode, name in MODES.items():
         med = statistics.median(times[mode])
         added = (med - base) / opts.execs * 1e6
         print(f"  {name:<36} {med:7.3f} s  {med / base:6.3f}x  {added:+5.0f} us/exec")
+    for (a, b), us in wake.items():
+        print(f"wake-up round trip, CPU {a} <-> CPU {b}: {us:6.1f} us")
     return 0
+
+
+def _pairs() -> list[tuple[int, int]]:
+    """The same CPU twice, and two different ones when the run may use two."""
+    allowed = sorted(os.sched_getaffinity(0))
+    first = allowed[0]
+    return [(first, first)] + ([(first, allowed[1])] if len(allowed) > 1 else [])
+
+
+def _wake(binary: Path, a: int, b: int) -> float:
+    """Microseconds of one pipe round trip between CPU ``a`` and CPU ``b``."""
+    out = subprocess.run([str(binary), "wake", str(a), str(b)], check=True, capture_output=True)
+    return float(out.stdout)
 
 
 if __name__ == "__main__":

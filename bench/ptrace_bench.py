@@ -5,7 +5,7 @@ Runs each workload ungoverned and governed by ``ptrace.start_traced`` (the built
 policy, the exec-event check on; without it; with it plus the real SQLite audit store),
 and the notify backend as a reference, interleaved, and prints medians and ratios.
 
-    .venv/bin/python bench/ptrace_bench.py [--reps N] [--execs N] [--syscalls N]
+    .venv/bin/python bench/ptrace_bench.py [--reps N] [--execs N] [--syscalls N] [--cpus LIST]
 
 Workloads:
   exec-loop   bash -c 'for i in $(seq N); do /bin/true; done'  (N child execs)
@@ -24,6 +24,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import cpus  # bench/cpus.py
 
 from agentsh.enforce import audit, config, govern, loader, ptrace, supervisor
 from agentsh.shell import supervise
@@ -107,7 +109,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--execs", type=int, default=1000)
     ap.add_argument("--syscalls", type=int, default=100000)
+    cpus.add_option(ap)
     opts = ap.parse_args()
+    print(cpus.apply(opts))
     support = ptrace.probe()
     if not support.available:
         raise SystemExit(f"the ptrace backend does not work here: {support.reason}")
