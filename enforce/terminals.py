@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 from agentsh.enforce import tracee
@@ -61,11 +61,10 @@ def stream_indexes(pid: int) -> set[int]:
     return found
 
 
-def master_holders(index: int, pids: Iterable[int] | None = None) -> list[int]:
-    """Processes holding the master side of pty ``index`` (every process unless
-    ``pids`` says which to look at)."""
+def master_holders(index: int) -> list[int]:
+    """Processes holding the master side of pty ``index``."""
     holders = []
-    for pid in pids if pids is not None else _all_pids():
+    for pid in _all_pids():
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:

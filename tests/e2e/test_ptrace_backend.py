@@ -66,6 +66,11 @@ SUDO_RULES = {"block-privilege-escalation", precheck.DEPTH_RULE, "exec-changed"}
 BACKENDS = ("ptrace", "notify")
 
 
+def _py(snippet: str, args: str = "") -> str:
+    """A shell line running python3 on ``snippet`` with ``args`` (left for the shell)."""
+    return f"python3 -c {shlex.quote(snippet)}" + (f" {args}" if args else "")
+
+
 def _nested(line: str, levels: int) -> str:
     for _ in range(levels):
         line = f"bash -c {shlex.quote(line)}"
@@ -129,7 +134,7 @@ ESCAPES: dict[str, str] = {
     "nohup": "nohup sudo id",
     "nested-5": _nested("sudo id", 5),
     "shebang-script": "printf '#!/bin/sh\\nsudo id\\n' > {w}/s.sh && chmod +x {w}/s.sh && {w}/s.sh",
-    "thread-exec": f"python3 -c {shlex.quote(_PY_THREAD_EXEC)} /usr/bin/sudo id",
+    "thread-exec": _py(_PY_THREAD_EXEC, "/usr/bin/sudo id"),
     "env-in-subshell-pipe": "( echo id | env -i /usr/bin/env sudo ) | cat; exit ${{PIPESTATUS[0]}}",
     "ld-so": "/lib64/ld-linux-x86-64.so.2 /usr/bin/sudo id",
     "ld-so-renamed-copy": "cp /lib64/ld-linux-x86-64.so.2 {w}/loader && {w}/loader /usr/bin/sudo",
@@ -211,51 +216,52 @@ _PY_PACKET = "import socket\n" + (
 HARDENING: dict[str, tuple[str, str]] = {
     "signal-init": ("kill -CONT 1", "signal-init"),
     "owner-outside": (
-        f"python3 -c {shlex.quote(_PY_OWNER)} setown {{outside}}",
+        _py(_PY_OWNER, "setown {outside}"),
         "signal-outside-tree",
     ),
     "owner-ex-outside": (
-        f"python3 -c {shlex.quote(_PY_OWNER)} setown-ex {{outside}}",
+        _py(_PY_OWNER, "setown-ex {outside}"),
         "signal-outside-tree",
     ),
     "owner-ioctl-outside": (
-        f"python3 -c {shlex.quote(_PY_OWNER)} fiosetown {{outside}}",
+        _py(_PY_OWNER, "fiosetown {outside}"),
         "signal-outside-tree",
     ),
-    "owner-init": (f"python3 -c {shlex.quote(_PY_OWNER)} setown 1", "signal-init"),
-    "vhangup": (f"python3 -c {shlex.quote(_PY_VHANGUP)}", "deny-vhangup"),
-    "keyring": (f"python3 -c {shlex.quote(_PY_KEYCTL)}", "deny-keyctl"),
-    "hostname": (f"python3 -c {shlex.quote(_PY_HOSTNAME)}", "deny-sethostname"),
-    "fanotify": (f"python3 -c {shlex.quote(_PY_FANOTIFY)}", "deny-fanotify_init"),
-    "packet-capture": (f"python3 -c {shlex.quote(_PY_PACKET)}", "deny-socket"),
+    "owner-init": (_py(_PY_OWNER, "setown 1"), "signal-init"),
+    "vhangup": (_py(_PY_VHANGUP), "deny-vhangup"),
+    "keyring": (_py(_PY_KEYCTL), "deny-keyctl"),
+    "hostname": (_py(_PY_HOSTNAME), "deny-sethostname"),
+    "fanotify": (_py(_PY_FANOTIFY), "deny-fanotify_init"),
+    "packet-capture": (_py(_PY_PACKET), "deny-socket"),
     "prlimit-outside": (
-        f"python3 -c {shlex.quote(_PY_PRLIMIT)} {{outside}}",
+        _py(_PY_PRLIMIT, "{outside}"),
         "prlimit64-outside-tree",
     ),
     "affinity-outside": (
-        f"python3 -c {shlex.quote(_PY_AFFINITY)} {{outside}}",
+        _py(_PY_AFFINITY, "{outside}"),
         "sched_setaffinity-outside-tree",
     ),
-    "nice-outside": (f"python3 -c {shlex.quote(_PY_NICE)} {{outside}}", "setpriority-outside-tree"),
-    "mount": (f"mkdir -p {{w}}/mnt && python3 -c {shlex.quote(_PY_MOUNT)} {{w}}/mnt", "deny-mount"),
-    "ptrace-outside": (f"python3 -c {shlex.quote(_PY_SEIZE)} {{outside}}", "ptrace-outside-tree"),
+    "nice-outside": (_py(_PY_NICE, "{outside}"), "setpriority-outside-tree"),
+    "mount": ("mkdir -p {w}/mnt && " + _py(_PY_MOUNT, "{w}/mnt"), "deny-mount"),
+    "ptrace-outside": (_py(_PY_SEIZE, "{outside}"), "ptrace-outside-tree"),
 }
 ALLOWED: dict[str, tuple[str, str]] = {
     "git": ("git --version", "git version"),
     "python": ("python3 -c 'print(6 * 7)'", "42\n"),
     "pipeline": ("printf 'b\\na\\nc\\n' | sort | tr a-z A-Z | head -n 2", "A\nB\n"),
     "make": ("printf 'all:\\n\\t@echo made\\n' > {w}/Makefile && make -s -C {w}", "made\n"),
-    "thread-exec": (f"python3 -c {shlex.quote(_PY_THREAD_EXEC)} /usr/bin/echo hi", "hi\n"),
+    "thread-exec": (_py(_PY_THREAD_EXEC, "/usr/bin/echo hi"), "hi\n"),
     # its own process may own its descriptors (checked, then set by the supervisor)
     # limits and scheduling of its own processes stay the shell's to change
     "limits-self": (
         "ulimit -n 1024 && nice -n 1 true && taskset -c 0 true && renice -n 1 $$ >/dev/null && "
-        f"python3 -c {shlex.quote(_PY_PRLIMIT)} $$ && python3 -c {shlex.quote(_PY_NICE)} $$",
+        + _py(_PY_PRLIMIT, "$$")
+        + " && "
+        + _py(_PY_NICE, "$$"),
         "0\n0\n",
     ),
     "owner-self": (
-        "for k in setown setown-ex fiosetown; do "
-        f"python3 -c {shlex.quote(_PY_OWNER)} $k self; done",
+        "for k in setown setown-ex fiosetown; do " + _py(_PY_OWNER, "$k self") + "; done",
         "0 True\n0 True\n0 True\n",
     ),
 }
@@ -402,7 +408,7 @@ def _scenario(backend: str, work: Path) -> dict[str, Any]:
     }
     r["mounted"] = f" {work}/mnt " in Path("/proc/self/mounts").read_text()
     MARKER.unlink(missing_ok=True)
-    r["race"] = runner.run(f"python3 -c {shlex.quote(_PY_RACE)}")
+    r["race"] = runner.run(_py(_PY_RACE))
     r["race"]["marker"] = MARKER.exists()
     return r
 
@@ -609,7 +615,7 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 def test_an_untraced_clone_can_exec_nothing(traced: Callable[..., Any]) -> None:
     def scenario(runner: Runner) -> dict[str, Any]:
         MARKER.unlink(missing_ok=True)
-        r = runner.run(f"python3 -c {shlex.quote(_PY_UNTRACED)}")
+        r = runner.run(_py(_PY_UNTRACED))
         return r | {"marker": MARKER.exists()}
 
     r = traced(scenario)
@@ -634,7 +640,7 @@ for flags in (0x8, 0x8 | 0x20, 0x8 | 0x4):
 
 
 def test_the_tree_cannot_make_its_own_seccomp_listener(traced: Callable[..., Any]) -> None:
-    r = traced(lambda runner: runner.run(f"python3 -c {shlex.quote(_PY_LISTENER)}"))
+    r = traced(lambda runner: runner.run(_py(_PY_LISTENER)))
     lines = [line.split() for line in r["out"].splitlines()]
     assert lines == [[str(f), "-1", "16"] for f in (8, 40, 12)], r  # EBUSY each time
 
