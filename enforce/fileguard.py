@@ -19,30 +19,30 @@ For each call, in this order:
      of another session is refused (``enforce.terminals``). ``approve`` is a deny
      (nobody to ask in the tree); ``audit`` allows and records an event;
   4. answer: EACCES, one line on the process's stderr and an audit event naming the rule;
-     or, for an allowed read-only open of a regular file or directory when the process's
-     credentials equal the supervisor's (so the supervisor can open nothing the process
-     could not), open the very file checked and inject it (SECCOMP_IOCTL_NOTIF_ADDFD with
-     SEND: the fd is the syscall's result, so no path is looked up again); or, for an
-     unlink/rmdir a ``soft_delete`` rule decides when the plan names a trash store, move
-     the entry there (``enforce.trash``) through the directory fd just checked and answer
-     0; otherwise CONTINUE.
+     or, for an allowed read-only open (any kind of file), open the very object checked,
+     as the process (``enforce.standin`` says how per kind, ``enforce.identity`` takes on
+     the process's credentials when they differ from the supervisor's), and inject it
+     (SECCOMP_IOCTL_NOTIF_ADDFD with SEND: the fd is the syscall's result, so no path is
+     looked up again); or, for an unlink/rmdir a ``soft_delete`` rule decides when the
+     plan names a trash store, move the entry there (``enforce.trash``) through the
+     directory fd just checked and answer 0; otherwise CONTINUE.
 
 CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
 can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
-lookup. Under ptrace (no ADDFD) an allowed open is stopped again at its exit and the fd it
-returned is judged: a refused file kills the process before it runs another instruction
-(:meth:`Monitor.opened`). Writes stay behind Landlock whatever the monitor answered. What
-remains open: under user-notify, opens that are not emulated (writes, procfs, devices, a
-process whose credentials differ from the supervisor's) and the non-open calls (unlink,
-rename, chmod, ...) keep the window; so do the non-open calls under ptrace.
+lookup — measured, a racing thread wins it within ten opens. So no allowed read-only open
+is CONTINUEd under user-notify (unless ``openat_emulation`` is off). Under ptrace (no
+ADDFD) an allowed open is stopped again at its exit and the fd it returned is judged: a
+refused file kills the process before it runs another instruction (:meth:`Monitor.opened`).
+Writes stay behind Landlock whatever the monitor answered. What remains open: under
+user-notify, opens that may write (inside the trees Landlock lets the tree write, and
+everywhere without Landlock); under both transports, the non-open calls (unlink, rename,
+chmod, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
 import os
 import re
 import shlex
@@ -52,7 +52,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import audit, engine, filemon, seccomp, terminals, tracee
+from agentsh.enforce import (
+    audit,
+    engine,
+    filemon,
+    identity,
+    seccomp,
+    standin,
+    terminals,
+    tracee,
+)
 from agentsh.enforce.filecalls import (
     LINKED,
     RESOLVE_IN_ROOT,
@@ -64,7 +73,6 @@ from agentsh.enforce.filecalls import (
     open_call,
     open_parent,
     path_items,
-    proc_dev,
     protected_inodes,
     resolve,
     resolve_open,
@@ -77,11 +85,7 @@ if TYPE_CHECKING:
 
 CACHE_MAX: Final = 65536
 STATUS_FDS_MAX: Final = 512
-_REOPEN_DROP: Final = filemon.O_NOFOLLOW | filemon.O_CREAT | filemon.O_EXCL | filemon.O_TRUNC
-_libc = ctypes.CDLL(None, use_errno=True)
-_SIGSET = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))  # glibc's sigset_t
-_ALL_SIGNALS = _SIGSET()
-_libc.sigfillset(_ALL_SIGNALS)  # the kernel leaves SIGKILL and SIGSTOP deliverable
+_CAP_FOWNER: Final = 3
 
 
 # --------------------------------------------------------------------------- deciding
@@ -162,6 +166,7 @@ class Monitor:
         self.rules = FastRules(plan.policy)
         self.inodes = protected_inodes(plan.policy)
         self.creds = credentials("self")
+        self.opener = standin.Opener()
         self.trash_root = plan.trash  # opened at the first soft delete (enforce.trash
         self._trash: Trash | None = None  # imports hashlib & co.: off every start's path)
         self.status_fds: dict[int, int] = {}  # tid -> its /proc/TID/status (see _credentials)
@@ -176,6 +181,11 @@ class Monitor:
                 self._path_call(sup, note)
         except Refused as why:
             self._refuse(sup, note, "?", Verdict(Decision.DENY, why.rule, why.why))
+        except identity.CannotAssume as err:
+            cannot = f"the monitor cannot open files as this process: {err}"
+            self._refuse(sup, note, "?", Verdict(Decision.DENY, "file-identity", cannot))
+        except identity.IdentityError:
+            raise  # credentials not given back: supervision must end (fail closed)
         except OSError as err:  # what the kernel itself would answer (ENOENT, EFAULT, ...)
             sup.listener.fail(note.id, err.errno or errno.EACCES)
         except Exception as err:  # noqa: BLE001 — one bad call must refuse, not end supervision
@@ -205,8 +215,8 @@ class Monitor:
             if refusal is not None:
                 self._refuse(sup, note, f"{ops[-1]} {target.path}", refusal)
                 return
-            if target.fd is not None and self._emulable(tid, flags, target):
-                self._inject(sup, note, target.fd, flags)
+            if target.fd is not None and self._emulable(flags):
+                self._stand_in(sup, note, target, flags)
                 return
             if self.check_exits:
                 ids = (st.st_dev, st.st_ino) if st is not None else (-1, -1)
@@ -232,25 +242,61 @@ class Monitor:
         )
         return Verdict(Decision.DENY, terminals.RULE, why, target.path)
 
-    def _emulable(self, tid: int, flags: int, target: Target) -> bool:
-        """The supervisor may open this for the process: a read-only open of a regular
-        file or directory, and the same credentials. Not O_PATH: ADDFD refuses O_PATH
-        files (EBADF), and an O_PATH fd reads nothing — every later use of it (a reopen
-        through /proc/self/fd, a dirfd) is trapped and resolved again."""
-        if not self.inject or filemon.writes(flags) or flags & filemon.O_PATH:
-            return False
-        if target.st is None:
-            return False
-        mode = target.st.st_mode
-        kind_ok = _stat.S_ISREG(mode) or _stat.S_ISDIR(mode)
-        # procfs checks the *opener* against the process it describes (ptrace access,
-        # which Landlock scopes): the supervisor must never open those for the tree.
-        if not kind_ok or target.st.st_dev == proc_dev():
-            return False
-        return self._credentials(tid) == self.creds
+    def _emulable(self, flags: int) -> bool:
+        """The supervisor opens this for the process (``enforce.standin``): a read-only
+        open. Not O_PATH: ADDFD refuses O_PATH files (EBADF), and an O_PATH fd reads
+        nothing — every later use of it (a reopen through /proc/self/fd, a dirfd) is
+        trapped and resolved again."""
+        return self.inject and not filemon.writes(flags) and not flags & filemon.O_PATH
+
+    def _stand_in(
+        self, sup: Supervisor, note: seccomp.Notification, target: Target, flags: int
+    ) -> None:
+        """Open the checked ``target`` for the caller the way ``standin.choose`` says,
+        as the caller (never "let the kernel open it": a process that only dropped a
+        capability would reopen the window a racing thread uses), and hand it over."""
+        tid = note.pid
+        raw = self._status(tid)
+        if raw is None:
+            raise Refused("file-identity", "the process's credentials could not be read")
+        who = self._who(tid, raw)
+        pid = standin.pid_of(target.path)
+        how = standin.choose(
+            tid,
+            _tgid(raw, tid),
+            flags,
+            target,
+            who,
+            landlocked=self.plan.landlocked,
+            member=None if pid is None else sup.tree.contains(pid),
+        )
+        if isinstance(how, standin.Open):
+            assert target.fd is not None
+            self.opener.carry_out(sup.listener, note.id, target.fd, how, flags)
+        elif how.tell:
+            self._refuse(sup, note, target.path, Verdict(Decision.DENY, how.rule, how.why))
+        else:
+            sup.listener.fail(note.id, how.err)
+
+    def _who(self, tid: int, raw: bytes | None = None) -> identity.Identity | None:
+        """None when ``tid`` has the supervisor's credentials, else its identity (from
+        its status text ``raw`` when the caller has it).
+
+        Raises:
+            Refused: the process's credentials cannot be read.
+        """
+        raw = raw if raw is not None else self._status(tid)
+        if raw is None:
+            raise Refused("file-identity", "the process's credentials could not be read")
+        return None if cred_lines(raw) == self.creds else identity.of(raw, tid)
 
     def _credentials(self, tid: int) -> tuple[bytes, ...] | None:
-        """:func:`credentials` of a tracee, from a ``status`` fd kept per thread: pread
+        """:func:`credentials` of a tracee (:meth:`_status`)."""
+        raw = self._status(tid)
+        return None if raw is None else cred_lines(raw)
+
+    def _status(self, tid: int) -> bytes | None:
+        """``/proc/TID/status`` of a tracee, from an fd kept per thread: pread
         regenerates it, and the fd pins that very task (once it is gone, reads fail with
         ESRCH, so a reused thread id gets a fresh fd), so it never describes another."""
         fd = self.status_fds.get(tid)
@@ -269,7 +315,7 @@ class Monitor:
             except OSError:
                 raw = b""
             if raw:
-                return cred_lines(raw)
+                return raw
             os.close(self.status_fds.pop(tid))
             fd = None
         return None
@@ -278,30 +324,6 @@ class Monitor:
         for fd in self.status_fds.values():
             os.close(fd)
         self.status_fds.clear()
-
-    def _inject(self, sup: Supervisor, note: seccomp.Notification, opath: int, flags: int) -> None:
-        """Open the checked file with the caller's flags and hand it over (ADDFD + SEND).
-        Opened non-blocking: an open that would wait (a lease held on the file) must not
-        stall the single-threaded supervisor, so it is left to the kernel (CONTINUE);
-        O_NONBLOCK is then cleared unless the caller asked for it."""
-        reopen = (flags & ~_REOPEN_DROP) | os.O_CLOEXEC | os.O_NONBLOCK
-        try:
-            src = os.open(f"/proc/self/fd/{opath}", reopen)
-        except BlockingIOError:
-            sup.listener.allow(note.id)
-            return
-        except OSError as err:
-            sup.listener.fail(note.id, err.errno or errno.EACCES)
-            return
-        try:
-            if not flags & os.O_NONBLOCK:
-                fcntl.fcntl(src, fcntl.F_SETFL, fcntl.fcntl(src, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-            addfd_send(sup.listener.fd, note.id, src, cloexec=bool(flags & os.O_CLOEXEC))
-        except OSError as err:
-            if err.errno != errno.ENOENT:  # ENOENT: the caller is gone
-                sup.listener.fail(note.id, err.errno or errno.EACCES)
-        finally:
-            os.close(src)
 
     def checks_exit(self, tid: int) -> bool:
         """The transport must stop ``tid`` at the exit of the open just allowed."""
@@ -357,7 +379,7 @@ class Monitor:
                 return
             if not self._allowed(sup, note, what, verdict):
                 return
-            if self._soft(item, verdict) and self._credentials(note.pid) == self.creds:
+            if self._soft(item, verdict):
                 self._soft_delete(sup, note, item, target, same)
                 return
         sup.listener.allow(note.id)
@@ -399,17 +421,22 @@ class Monitor:
     ) -> None:
         """Carry out a soft-deleted unlink/rmdir: move the entry into the trash through
         the directory fd resolved now (its canonical path must still be the one judged:
-        else a swapped directory is refused), then answer 0 — the syscall never runs."""
+        else a swapped directory is refused), then answer 0 — the syscall never runs. A
+        process whose credentials differ from the supervisor's must have been allowed the
+        delete itself (:meth:`_may_delete`); the move is the supervisor's."""
         from agentsh.enforce.trash import StashError, Trash  # see __init__
 
         if self._trash is None:
             assert self.trash_root is not None
             self._trash = Trash(Path(self.trash_root))
+        who = self._who(note.pid)
         up, name = open_parent(note.pid, item, same)
         assert up.fd is not None
         try:
             if _join(up.path, name) != target.path:
                 raise OSError(errno.EACCES, "the directory changed during the check")
+            if who is not None:
+                self._may_delete(up.fd, name, who)
             if item.ops[0] == "rmdir" and any(
                 os.scandir(f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}")
             ):
@@ -437,6 +464,22 @@ class Monitor:
         )
         sup.record(event)
         sup.listener.succeed(note.id, 0)
+
+    def _may_delete(self, dirfd: int, name: bytes, who: identity.Identity) -> None:
+        """Raise what unlink(2)/rmdir(2) of ``name`` in ``dirfd`` would for ``who`` on
+        permission grounds (path_resolution(7)): write and search permission on the
+        directory, as ``who`` (faccessat(2) with AT_EACCESS checks the file system ids
+        and capabilities taken on), and the sticky bit (only the entry's or the
+        directory's owner, or CAP_FOWNER)."""
+        with self.opener.taken_on(who):
+            allowed = os.access(f"/proc/self/fd/{dirfd}", os.W_OK | os.X_OK, effective_ids=True)
+        if not allowed:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        up = os.fstat(dirfd)
+        if up.st_mode & _stat.S_ISVTX and not who.caps & (1 << _CAP_FOWNER):
+            entry = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if who.fsuid not in (entry.st_uid, up.st_uid):
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     def _shield(self, path: str) -> Verdict:
         rule = filemon.shields(self.plan.policy, path) if path.startswith("/") else None
@@ -551,34 +594,7 @@ def _event(
     )  # fmt: skip
 
 
-def addfd_send(listener: int, nid: int, srcfd: int, *, cloexec: bool) -> int:
-    """SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND (seccomp_unotify(2), kernel
-    >= 5.14): install a copy of ``srcfd`` in the target and answer the notification with
-    its number, atomically. Returns that number.
-
-    Every catchable signal is blocked for the call. The kernel marks the notification
-    answered before it waits for the target to take the fd; a signal that interrupts that
-    wait withdraws the fd but not the answer, and the target's syscall returns 0 — an open
-    "succeeds" with fd 0, stdin (seen here: 849 of 917 opens under a stream of SIGCHLD,
-    which the supervisor gets from every thread it holds at an exec boundary). A blocked
-    signal does not interrupt the wait; it is delivered when the call returns. What still
-    interrupts it is a debugger attaching to the supervisor (py-spy, gdb, strace -p): the
-    governed tree cannot (Landlock's ptrace rule and the filter keep it out), but an
-    operator debugging a live supervisor can make a traced open return 0.
-
-    Raises:
-        OSError: ENOENT when the notification is gone; EMFILE when the target is full.
-    """
-    flags = os.O_CLOEXEC if cloexec else 0
-    req = seccomp.ADDFD.pack(nid, seccomp.ADDFD_FLAG_SEND, srcfd, 0, flags)
-    buf = ctypes.create_string_buffer(req, len(req))
-    saved = _SIGSET()  # through libc: signal.pthread_sigmask costs ~200 us a pair here
-    _libc.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS, saved)
-    try:
-        ret = int(_libc.ioctl(listener, ctypes.c_ulong(seccomp.IOCTL_NOTIF_ADDFD), buf))
-        err = ctypes.get_errno()
-    finally:
-        _libc.pthread_sigmask(signal.SIG_SETMASK, saved, None)
-    if ret == -1:
-        raise OSError(err, os.strerror(err))
-    return ret
+def _tgid(status: bytes, tid: int) -> int:
+    """``Tgid:`` of a status text (``tid`` when it cannot be read)."""
+    m = re.search(rb"^Tgid:\s*(\d+)", status, re.MULTILINE)
+    return int(m.group(1)) if m else tid

@@ -183,6 +183,8 @@ class Plan:
             ``deny_deletes``).
         audit_deletes: trees where deletes happen but each is recorded (``fuseconf``'s
             ``allow_audited``: soft delete asked for, FUSE missing, the config accepts it).
+        landlocked: the tree runs in a Landlock domain (which, besides its file rules,
+            keeps it from inspecting processes outside it: ``enforce.standin``).
     """
 
     policy: Policy
@@ -196,6 +198,7 @@ class Plan:
     trash: str | None = None
     refuse_deletes: tuple[str, ...] = ()
     audit_deletes: tuple[str, ...] = ()
+    landlocked: bool = False
 
     @property
     def syscalls(self) -> frozenset[int]:
@@ -404,7 +407,7 @@ def plan(
         notes.append(f"{SECTION}.enforce_without_fuse is off: refusals are only audited")
     return Plan(
         policy, reads, writes, frozenset(families), tuple(protected), config.enforce, emulate,
-        tuple(notes), trash, tuple(refuse_deletes), tuple(audit_deletes),
+        tuple(notes), trash, tuple(refuse_deletes), tuple(audit_deletes), landlock is not None,
     )  # fmt: skip
 
 

@@ -331,6 +331,18 @@ ALLOWED: dict[str, tuple[str, str]] = {
         "z\n",
     ),
     "process-substitution": ("cat <(echo piped) /dev/stdin <<< here", "piped\nhere\n"),
+    # a FIFO opened before its writer: the open waits (in a thread of the supervisor)
+    "fifo": (
+        "rm -f {w}/p && mkfifo {w}/p && {{ (sleep 0.3; echo through > {w}/p) & }} && "
+        "cat {w}/p && rm {w}/p",
+        "through\n",
+    ),
+    # /dev/tty read-only in a session with a terminal (script(1) makes one)
+    "dev-tty": (
+        "printf 'import os\\nprint(os.isatty(os.open(\"/dev/tty\", os.O_RDONLY)))\\n' "
+        "> {w}/t.py && script -qec 'python3 {w}/t.py' /dev/null | tr -d '\\r'",
+        "True\n",
+    ),
 }
 
 
@@ -477,6 +489,78 @@ def test_a_swapped_symlink_cannot_smuggle_the_key_in(runner: Runner) -> None:
         assert _file_denials(result, CREDS)  # and the key refused, with its rule
 
 
+# A second thread flips the path an open reads between a harmless name and the key, at
+# memory speed: whatever the kernel looks up after the check, the process must only ever
+# get the file that was checked. The harmless names cover every kind the monitor opens in
+# the process's stead (a file, a device, procfs, a /proc/self entry); "drop" makes the
+# racer drop one capability first, so its credentials differ from the supervisor's.
+PY_RACE = """
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+harmless, key, drop = sys.argv[1], sys.argv[2], sys.argv[3] == "drop"
+if drop:  # capset(2): CAP_SYS_BOOT (22) out of the effective and permitted sets
+    head, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    assert libc.capget(head, data) == 0
+    data[0] &= ~(1 << 22)
+    data[1] &= ~(1 << 22)
+    assert libc.capset(head, data) == 0
+buf = ctypes.create_string_buffer(512)
+names = [harmless.encode() + b"\\0", key.encode() + b"\\0"]
+def flip():
+    while True:
+        for name in names:
+            ctypes.memmove(buf, name, len(name))
+threading.Thread(target=flip, daemon=True).start()
+opened = leaked = 0
+for _ in range(1500):
+    fd = libc.open(buf, os.O_RDONLY | os.O_NONBLOCK)
+    if fd < 0:
+        continue
+    opened += 1
+    leaked += b"SECRET" in os.read(fd, 200)
+    os.close(fd)
+print(f"opened={opened} leaked={leaked}")
+"""
+HARMLESS = ("{w}/harmless", "/dev/null", "/proc/self/stat", "/proc/cpuinfo")
+
+
+def _race(runner: Runner, harmless: str, creds: str) -> dict[str, Any]:
+    key = runner.kit.home / ".ssh" / "id_rsa"
+    script = f"echo harmless > {runner.kit.work}/harmless; python3 -c {shlex.quote(PY_RACE)} "
+    script += f"{harmless} {key} {creds}"
+    return runner.run(script.replace("{", "{{").replace("}", "}}"))  # not a template
+
+
+@pytest.mark.parametrize("creds", ["same", "drop"])
+@pytest.mark.parametrize("harmless", HARMLESS)
+def test_a_racing_thread_never_gets_the_key(runner: Runner, harmless: str, creds: str) -> None:
+    """The process gets the harmless file, the key is refused with its rule, and nothing
+    of the key is ever read (under ptrace, a lost race kills the process at the open's
+    exit instead)."""
+    result = _race(runner, runner.kit.fmt(harmless), creds)
+    assert SECRET not in result["out"]
+    if runner.mode == "ptrace" and result["rc"] in (-9, 128 + 9):
+        return
+    assert result["rc"] == 0, result
+    assert "leaked=0" in result["out"], result["out"]
+    assert "opened=0" not in result["out"]
+    assert _file_denials(result, CREDS)
+
+
+def test_the_same_race_wins_when_the_kernel_opens_the_path(kit: Kit) -> None:
+    """The control for the test above: with ``openat_emulation: false`` the kernel looks
+    the path up again after the check, and the racer reads the key — so the racer is
+    fast enough to prove something."""
+    runner = Runner(kit, "notify", filemon.MonitorConfig(emulate_opens=False))
+    leaked = False
+    for _ in range(3):
+        result = _race(runner, kit.fmt("{w}/harmless"), "same")
+        leaked = "leaked=0" not in result["out"]
+        if leaked:
+            break
+    assert leaked, result["out"]
+
+
 def test_audit_only_mode_records_instead_of_refusing(kit: Kit) -> None:
     runner = Runner(kit, "notify", filemon.MonitorConfig(enforce=False))
     result = runner.run("cat {h}/.aws/credentials")
@@ -496,17 +580,28 @@ def _soft_policy(kit: Kit) -> Policy:
     return replace(kit.policy, file_rules=(rule, *kit.policy.file_rules))
 
 
+# rm run with CAP_SYS_BOOT out of its bounding set (prctl PR_CAPBSET_DROP), so its
+# credentials differ from the supervisor's (as under `capabilities.allow`); its deletes
+# must be soft all the same.
+RM_DROPPED = (
+    "python3 -c 'import ctypes, os, sys; ctypes.CDLL(None).prctl(24, 22); "
+    'os.execvp("rm", ["rm", *sys.argv[1:]])\' -rf'
+)
+
+
+@pytest.mark.parametrize("creds", ["same", "dropped"])
 @pytest.mark.parametrize("mode", ["notify", "ptrace"])
-def test_soft_deletes_go_to_the_trash_and_come_back(kit: Kit, mode: str) -> None:
-    trash_root = kit.base / f"trash-{mode}"
+def test_soft_deletes_go_to_the_trash_and_come_back(kit: Kit, mode: str, creds: str) -> None:
+    trash_root = kit.base / f"trash-{mode}-{creds}"
     soft = Kit(kit.base, kit.home, kit.work, _soft_policy(kit))
     runner = Runner(soft, mode, trash=str(trash_root))
-    tree = kit.work / f"gone-{mode}"
+    tree = kit.work / f"gone-{mode}-{creds}"
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_bytes(b"alpha\n")
     (tree / "sub" / "b.bin").write_bytes(bytes(range(256)))
     (tree / "sub" / "b.bin").chmod(0o640)
-    result = runner.run(f"rm -rf {tree} && test ! -e {tree} && echo removed")
+    rm = "rm -rf" if creds == "same" else RM_DROPPED
+    result = runner.run(f"{rm} {tree} && test ! -e {tree} && echo removed")
     assert (result["rc"], result["out"]) == (0, "removed\n"), result
     assert not tree.exists()
     store = trash.Trash(trash_root)
