@@ -135,27 +135,42 @@ def read_path(tid: int, addr: int) -> bytes:
     raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
 
 
-def _open_how(tid: int, addr: int, size: int) -> tuple[int, int]:
-    """``(flags, resolve)`` of openat2's ``struct open_how`` (u64 flags, mode, resolve)."""
+def _open_how(tid: int, addr: int, size: int) -> tuple[int, int, int]:
+    """``(flags, mode, resolve)`` of openat2's ``struct open_how`` (u64 each)."""
     if size < 24:
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
     raw = vm_read(tid, addr, 24)
     if len(raw) < 24:
         raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
-    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[16:24], "little")
+    flags, mode, resolve = (int.from_bytes(raw[i : i + 8], "little") for i in (0, 8, 16))
+    return flags, mode, resolve
 
 
-def open_call(tid: int, nr: int, args: tuple[int, ...]) -> tuple[int, bytes, int, int]:
-    """``(dirfd, path, flags, resolve)`` of a trapped open/creat/openat/openat2."""
+class OpenCall(NamedTuple):
+    """A trapped open/creat/openat/openat2: where, what, its flags, the mode a created
+    file gets (before the umask) and openat2's resolve flags."""
+
+    dirfd: int
+    path: bytes
+    flags: int
+    mode: int
+    resolve: int
+
+
+def open_call(tid: int, nr: int, args: tuple[int, ...]) -> OpenCall:
+    """The arguments of a trapped open/creat/openat/openat2."""
     if nr == filemon.NR_OPEN:
-        return AT_FDCWD, read_path(tid, args[0]), args[1] & 0xFFFFFFFF, 0
+        path = read_path(tid, args[0])
+        return OpenCall(AT_FDCWD, path, args[1] & 0xFFFFFFFF, args[2] & 0o7777, 0)
     if nr == filemon.NR_CREAT:
         flags = filemon.O_CREAT | filemon.O_TRUNC | 1  # O_WRONLY
-        return AT_FDCWD, read_path(tid, args[0]), flags, 0
+        return OpenCall(AT_FDCWD, read_path(tid, args[0]), flags, args[1] & 0o7777, 0)
     if nr == filemon.NR_OPENAT:
-        return tracee.s32(args[0]), read_path(tid, args[1]), args[2] & 0xFFFFFFFF, 0
-    flags, resolve = _open_how(tid, args[2], args[3])
-    return tracee.s32(args[0]), read_path(tid, args[1]), flags, resolve
+        path = read_path(tid, args[1])
+        return OpenCall(tracee.s32(args[0]), path, args[2] & 0xFFFFFFFF, args[3] & 0o7777, 0)
+    flags, mode, resolve = _open_how(tid, args[2], args[3])
+    path = read_path(tid, args[1])
+    return OpenCall(tracee.s32(args[0]), path, flags, mode & 0o7777, resolve)
 
 
 def _s(arg: int) -> int:

@@ -19,24 +19,29 @@ For each call, in this order:
      of another session is refused (``enforce.terminals``). ``approve`` is a deny
      (nobody to ask in the tree); ``audit`` allows and records an event;
   4. answer: EACCES, one line on the process's stderr and an audit event naming the rule;
-     or, for an allowed read-only open (any kind of file), open the very object checked,
-     as the process (``enforce.standin`` says how per kind, ``enforce.identity`` takes on
-     the process's credentials when they differ from the supervisor's), and inject it
-     (SECCOMP_IOCTL_NOTIF_ADDFD with SEND: the fd is the syscall's result, so no path is
-     looked up again); or, for an unlink/rmdir a ``soft_delete`` rule decides when the
-     plan names a trash store, move the entry there (``enforce.trash``) through the
-     directory fd just checked and answer 0; otherwise CONTINUE.
+     or, for an allowed open (any kind of file, reading or writing), carry it out on the
+     very object checked, as the process (``enforce.standin`` says how per kind,
+     ``enforce.identity`` takes on the process's credentials when they differ from the
+     supervisor's; an open that may write is put to the tree's Landlock rules first,
+     ``enforce.grants``, and a new file is created in the directory checked, with the
+     process's umask), and inject the file (SECCOMP_IOCTL_NOTIF_ADDFD with SEND: the fd
+     is the syscall's result, so no path is looked up again); or, for an unlink/rmdir a
+     ``soft_delete`` rule decides when the plan names a trash store, move the entry there
+     (``enforce.trash``) through the directory fd just checked and answer 0; for any
+     other allowed unlink/rmdir, remove the entry checked through that fd, as the
+     process and within Landlock's rules, and answer as the kernel did; otherwise
+     CONTINUE.
 
 CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
 can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
-lookup — measured, a racing thread wins it within ten opens. So no allowed read-only open
-is CONTINUEd under user-notify (unless ``openat_emulation`` is off). Under ptrace (no
-ADDFD) an allowed open is stopped again at its exit and the fd it returned is judged: a
-refused file kills the process before it runs another instruction (:meth:`Monitor.opened`).
-Writes stay behind Landlock whatever the monitor answered. What remains open: under
-user-notify, opens that may write (inside the trees Landlock lets the tree write, and
-everywhere without Landlock); under both transports, the non-open calls (unlink, rename,
-chmod, ...).
+lookup — measured, a racing thread wins it within ten opens. So no allowed open is
+CONTINUEd under user-notify (unless ``openat_emulation`` is off), but O_PATH (an O_PATH fd
+reads and writes nothing; each later use of it is trapped and judged) and O_TMPFILE (a
+file nobody else can reach). Under ptrace (no ADDFD) an allowed open is stopped again at
+its exit and the fd it returned is judged: a refused file kills the process before it
+runs another instruction (:meth:`Monitor.opened`). What remains open, under both
+transports: the other path calls (rename, link, symlink, mkdir, truncate, chmod, chown),
+which are still CONTINUEd after their check.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from agentsh.enforce.filecalls import (
     LINKED,
     RESOLVE_IN_ROOT,
     Item,
+    OpenCall,
     Refused,
     Target,
     cred_lines,
@@ -86,6 +92,11 @@ if TYPE_CHECKING:
 CACHE_MAX: Final = 65536
 STATUS_FDS_MAX: Final = 512
 _CAP_FOWNER: Final = 3
+_DELETES: Final = frozenset(filemon.FAMILIES["delete"][1])  # unlink, rmdir, unlinkat
+# Calls that can move or remove a directory: rmdir, the renames (and unlinkat with
+# AT_REMOVEDIR, checked by flag).
+_MOVES: Final = frozenset({84, *filemon.FAMILIES["rename"][1]})
+_NR_UNLINKAT, _AT_REMOVEDIR = 263, 0x200
 
 
 # --------------------------------------------------------------------------- deciding
@@ -166,7 +177,7 @@ class Monitor:
         self.rules = FastRules(plan.policy)
         self.inodes = protected_inodes(plan.policy)
         self.creds = credentials("self")
-        self.opener = standin.Opener()
+        self.opener = standin.Opener(plan.landlock)
         self.trash_root = plan.trash  # opened at the first soft delete (enforce.trash
         self._trash: Trash | None = None  # imports hashlib & co.: off every start's path)
         self.status_fds: dict[int, int] = {}  # tid -> its /proc/TID/status (see _credentials)
@@ -196,8 +207,9 @@ class Monitor:
 
     def _open(self, sup: Supervisor, note: seccomp.Notification) -> None:
         tid = note.pid
-        dirfd, path, flags, resolve_flags = open_call(tid, note.nr, note.args)
-        if resolve_flags & RESOLVE_IN_ROOT:
+        call = open_call(tid, note.nr, note.args)
+        dirfd, path, flags = call.dirfd, call.path, call.flags
+        if call.resolve & RESOLVE_IN_ROOT:
             why = "openat2 with RESOLVE_IN_ROOT cannot be checked by the file monitor"
             raise Refused("file-openat2-in-root", why)
         same = None if sup.views_changed else True
@@ -215,8 +227,8 @@ class Monitor:
             if refusal is not None:
                 self._refuse(sup, note, f"{ops[-1]} {target.path}", refusal)
                 return
-            if target.fd is not None and self._emulable(flags):
-                self._stand_in(sup, note, target, flags)
+            if self._emulable(flags):
+                self._stand_in(sup, note, target, call, same)
                 return
             if self.check_exits:
                 ids = (st.st_dev, st.st_ino) if st is not None else (-1, -1)
@@ -243,23 +255,42 @@ class Monitor:
         return Verdict(Decision.DENY, terminals.RULE, why, target.path)
 
     def _emulable(self, flags: int) -> bool:
-        """The supervisor opens this for the process (``enforce.standin``): a read-only
-        open. Not O_PATH: ADDFD refuses O_PATH files (EBADF), and an O_PATH fd reads
-        nothing — every later use of it (a reopen through /proc/self/fd, a dirfd) is
-        trapped and resolved again."""
-        return self.inject and not filemon.writes(flags) and not flags & filemon.O_PATH
+        """The supervisor opens this for the process (``enforce.standin``). Not O_PATH:
+        ADDFD refuses O_PATH files (EBADF), and an O_PATH fd reads nothing — every later
+        use of it (a reopen through /proc/self/fd, a dirfd) is trapped and resolved
+        again. Not O_TMPFILE: it makes a file no one else can reach, wherever it is."""
+        return self.inject and not flags & (filemon.O_PATH | filemon.O_TMPFILE_BIT)
 
     def _stand_in(
-        self, sup: Supervisor, note: seccomp.Notification, target: Target, flags: int
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        target: Target,
+        call: OpenCall,
+        same: bool | None,
     ) -> None:
         """Open the checked ``target`` for the caller the way ``standin.choose`` says,
         as the caller (never "let the kernel open it": a process that only dropped a
-        capability would reopen the window a racing thread uses), and hand it over."""
-        tid = note.pid
+        capability would reopen the window a racing thread uses), and hand it over. An
+        open that may write, and any open where Landlock narrows reads, is first put to
+        Landlock's rules (``enforce.grants``: the supervisor is outside the tree's
+        domain); a file to create is created in the directory checked, with the
+        caller's umask."""
+        tid, flags = note.pid, call.flags
         raw = self._status(tid)
         if raw is None:
             raise Refused("file-identity", "the process's credentials could not be read")
         who = self._who(tid, raw)
+        writes = filemon.writes(flags)
+        if writes and target.st is not None and flags & filemon.O_CREAT and flags & filemon.O_EXCL:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if target.fd is None:  # O_CREAT of a new file
+            self.opener.create(sup.listener, note, target, call, who=who, status=raw, same=same)
+            return
+        if (writes or self.plan.reads_narrowed) and not self.opener.permitted(
+            tid, target, flags, same
+        ):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
         pid = standin.pid_of(target.path)
         how = standin.choose(
             tid,
@@ -271,7 +302,6 @@ class Monitor:
             member=None if pid is None else sup.tree.contains(pid),
         )
         if isinstance(how, standin.Open):
-            assert target.fd is not None
             self.opener.carry_out(sup.listener, note.id, target.fd, how, flags)
         elif how.tell:
             self._refuse(sup, note, target.path, Verdict(Decision.DENY, how.rule, how.why))
@@ -361,6 +391,8 @@ class Monitor:
     # ------------------------------------------------------------------ other calls
 
     def _path_call(self, sup: Supervisor, note: seccomp.Notification) -> None:
+        if note.nr in _MOVES or (note.nr == _NR_UNLINKAT and note.args[2] & _AT_REMOVEDIR):
+            self.opener.forget()  # remembered Landlock walks may be stale now
         items = path_items(note.pid, note.nr, note.args)
         same = None if sup.views_changed else True
         for item in items:
@@ -380,8 +412,11 @@ class Monitor:
             if not self._allowed(sup, note, what, verdict):
                 return
             if self._soft(item, verdict):
-                self._soft_delete(sup, note, item, target, same)
+                self._delete(sup, note, item, target, same, soft=True)
                 return
+        if self.plan.emulate and note.nr in _DELETES and len(items) == 1:
+            self._delete(sup, note, items[0], target, same, soft=False)
+            return
         sup.listener.allow(note.id)
 
     def _delete_refusal(self, item: Item, target: Target) -> Verdict:
@@ -411,38 +446,67 @@ class Monitor:
             and item.ops[0] in ("delete", "rmdir")
         )
 
-    def _soft_delete(
+    def _delete(
         self,
         sup: Supervisor,
         note: seccomp.Notification,
         item: Item,
         target: Target,
         same: bool | None,
+        *,
+        soft: bool,
     ) -> None:
-        """Carry out a soft-deleted unlink/rmdir: move the entry into the trash through
-        the directory fd resolved now (its canonical path must still be the one judged:
-        else a swapped directory is refused), then answer 0 — the syscall never runs. A
-        process whose credentials differ from the supervisor's must have been allowed the
-        delete itself (:meth:`_may_delete`); the move is the supervisor's."""
+        """Carry out an allowed unlink/rmdir on the entry checked, through the directory
+        fd resolved now (its canonical path must still be the one judged: else a swapped
+        directory is refused) and within the tree's Landlock rules (``enforce.grants``),
+        then answer as the kernel did — the syscall never runs, so a racing thread cannot
+        swap another path in after the check. ``soft``: move the entry into the trash
+        (:meth:`_stash`) instead of removing it as the process."""
+        who = self._who(note.pid)
+        up, name = open_parent(note.pid, item, same)
+        assert up.fd is not None
+        rmdir = item.ops[0] == "rmdir"
+        try:
+            if _join(up.path, name) != target.path:
+                raise OSError(errno.EACCES, "the directory changed during the check")
+            if not self.opener.removable(note.pid, up.fd, directory=rmdir, same=same):
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
+            if soft:
+                self._stash(sup, note, item, target, entry=(up.fd, name), who=who)
+                return
+            with self.opener.taken_on(who):
+                (os.rmdir if rmdir else os.unlink)(name, dir_fd=up.fd)
+        finally:
+            os.close(up.fd)
+        sup.listener.succeed(note.id, 0)
+
+    def _stash(
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        item: Item,
+        target: Target,
+        *,
+        entry: tuple[int, bytes],
+        who: identity.Identity | None,
+    ) -> None:
+        """Move ``entry`` (directory fd, name) into the trash and answer 0. A process
+        whose credentials differ from the supervisor's must have been allowed the delete
+        itself (:meth:`_may_delete`); the move is the supervisor's."""
         from agentsh.enforce.trash import StashError, Trash  # see __init__
 
         if self._trash is None:
             assert self.trash_root is not None
             self._trash = Trash(Path(self.trash_root))
-        who = self._who(note.pid)
-        up, name = open_parent(note.pid, item, same)
-        assert up.fd is not None
+        dirfd, name = entry
+        if who is not None:
+            self._may_delete(dirfd, name, who)
+        here = f"/proc/self/fd/{dirfd}/{os.fsdecode(name)}"
+        if item.ops[0] == "rmdir" and any(os.scandir(here)):
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
         try:
-            if _join(up.path, name) != target.path:
-                raise OSError(errno.EACCES, "the directory changed during the check")
-            if who is not None:
-                self._may_delete(up.fd, name, who)
-            if item.ops[0] == "rmdir" and any(
-                os.scandir(f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}")
-            ):
-                raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
             token = self._trash.stash(
-                f"/proc/self/fd/{up.fd}/{os.fsdecode(name)}",
+                here,
                 session=sup.session,
                 command=_cmdline(note.pid),
                 original=target.path,
@@ -451,18 +515,9 @@ class Monitor:
         except StashError as err:
             sup.listener.fail(note.id, err.code)
             return
-        finally:
-            os.close(up.fd)
         why = f"moved {target.path} to the trash; restore with `agentsh trash restore {token}`"
-        event = _event(
-            sup,
-            note.pid,
-            f"{item.ops[0]} {target.path}",
-            decision="soft_delete",
-            rule=None,
-            message=why,
-        )
-        sup.record(event)
+        what = f"{item.ops[0]} {target.path}"
+        sup.record(_event(sup, note.pid, what, decision="soft_delete", rule=None, message=why))
         sup.listener.succeed(note.id, 0)
 
     def _may_delete(self, dirfd: int, name: bytes, who: identity.Identity) -> None:

@@ -173,7 +173,7 @@ class Plan:
         families: the other trapped families (keys of :data:`FAMILIES`).
         protected: agentsh's state (config, policies, audit store): never writable.
         enforce: refuse denied calls (False: audit them only).
-        emulate: allowed read-only opens are opened by the supervisor and injected.
+        emulate: allowed opens are carried out by the supervisor and injected.
         notes: what the plan leaves unenforced, and why (for ``detect`` and the log).
         trash: the trash store's root: a delete a ``soft_delete`` rule decides is carried
             out by moving the entry there (``enforce.trash``) and answering success. None:
@@ -183,8 +183,10 @@ class Plan:
             ``deny_deletes``).
         audit_deletes: trees where deletes happen but each is recorded (``fuseconf``'s
             ``allow_audited``: soft delete asked for, FUSE missing, the config accepts it).
-        landlocked: the tree runs in a Landlock domain (which, besides its file rules,
-            keeps it from inspecting processes outside it: ``enforce.standin``).
+        landlock: the Landlock ruleset the tree runs under (None: none). Besides its
+            file rules, a domain keeps the tree from inspecting processes outside it
+            (``enforce.standin``); what the supervisor opens for the tree is put to its
+            rules first (``enforce.grants``).
     """
 
     policy: Policy
@@ -198,7 +200,17 @@ class Plan:
     trash: str | None = None
     refuse_deletes: tuple[str, ...] = ()
     audit_deletes: tuple[str, ...] = ()
-    landlocked: bool = False
+    landlock: Ruleset | None = None
+
+    @property
+    def landlocked(self) -> bool:
+        """The tree runs in a Landlock domain."""
+        return self.landlock is not None
+
+    @property
+    def reads_narrowed(self) -> bool:
+        """Landlock lets the tree read only some trees."""
+        return _reads_narrowed(self.landlock)
 
     @property
     def syscalls(self) -> frozenset[int]:
@@ -336,8 +348,8 @@ def _state_exposed(landlock: Ruleset | None, protected: Sequence[str]) -> bool:
 
 
 def _reads_narrowed(landlock: Ruleset | None) -> bool:
-    """Landlock restricts reads somewhere: an injected fd (opened outside the domain)
-    would bypass that, so opens are not emulated."""
+    """Landlock restricts reads somewhere: what the supervisor opens for the tree
+    (outside the domain) must then be put to its read rules too (``enforce.grants``)."""
     if landlock is None or not landlock.handled_fs & (_RIGHTS["read"] | _RIGHTS["list"]):
         return False
     root = landlock.rule("/")
@@ -402,12 +414,12 @@ def plan(
         families |= {"delete", "rename"}
     if not (reads or writes or families):
         return None
-    emulate = config.emulate_opens and not _reads_narrowed(landlock)
+    emulate = config.emulate_opens
     if not config.enforce:
         notes.append(f"{SECTION}.enforce_without_fuse is off: refusals are only audited")
     return Plan(
         policy, reads, writes, frozenset(families), tuple(protected), config.enforce, emulate,
-        tuple(notes), trash, tuple(refuse_deletes), tuple(audit_deletes), landlock is not None,
+        tuple(notes), trash, tuple(refuse_deletes), tuple(audit_deletes), landlock,
     )  # fmt: skip
 
 

@@ -41,16 +41,21 @@ import re
 import signal
 import stat as _stat
 import threading
+from pathlib import Path
 from typing import Final, NamedTuple
 
-from agentsh.enforce import filemon, identity, seccomp
-from agentsh.enforce.filecalls import Target, proc_dev
+from agentsh.enforce import filecalls, filemon, identity, landlock, seccomp
+from agentsh.enforce.filecalls import OpenCall, Target, proc_dev
+from agentsh.enforce.grants import Grants
 from agentsh.enforce.identity import Identity
+from agentsh.enforce.landlock import Ruleset
 
 O_NOCTTY: Final = os.O_NOCTTY
+AT_FDCWD: Final = filecalls.AT_FDCWD
 WAITING_MAX: Final = 16  # opens finished by threads of their own (Opener._later)
 # Flags of the caller's open that the reopen of the checked file drops: it exists.
-_REOPEN_DROP: Final = filemon.O_NOFOLLOW | filemon.O_CREAT | filemon.O_EXCL | filemon.O_TRUNC
+_REOPEN_DROP: Final = filemon.O_NOFOLLOW | filemon.O_CREAT | filemon.O_EXCL
+_SETFL: Final = os.O_APPEND | os.O_DIRECT | os.O_NOATIME  # not O_ASYNC: open(2) ignores it
 _libc = ctypes.CDLL(None, use_errno=True)
 _SIGSET = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))  # glibc's sigset_t
 _ALL_SIGNALS = _SIGSET()
@@ -118,6 +123,26 @@ def choose(
     if _stat.S_ISFIFO(mode):
         return Open(None, flags, who, wait=not flags & os.O_NONBLOCK)
     return Open(None, flags, who)
+
+
+def landlock_needs(flags: int, *, exists: bool, directory: bool = False) -> int:
+    """The Landlock rights an open with ``flags`` needs (file_open and path_mknod hooks):
+    READ_FILE/WRITE_FILE by access mode (READ_DIR for a directory; mode 3, ioctl only,
+    needs neither), TRUNCATE for O_TRUNC of a file that exists, MAKE_REG in the directory
+    for one that does not."""
+    mode = flags & filemon.O_ACCMODE
+    read = landlock.FS_READ_DIR if directory else landlock.FS_READ_FILE
+    need = read if mode in (os.O_RDONLY, os.O_RDWR) else 0
+    need |= landlock.FS_WRITE_FILE if mode in (os.O_WRONLY, os.O_RDWR) else 0
+    if not exists:
+        return need | landlock.FS_MAKE_REG
+    return need | (landlock.FS_TRUNCATE if flags & filemon.O_TRUNC else 0)
+
+
+def _umask(status: bytes) -> int:
+    """``Umask:`` of a /proc status text (022 when absent)."""
+    m = re.search(rb"^Umask:\s*([0-7]+)", status, re.MULTILINE)
+    return int(m.group(1), 8) if m else 0o022
 
 
 def pid_of(path: str) -> int | None:
@@ -197,9 +222,89 @@ class Opener:
     the file (SECCOMP_IOCTL_NOTIF_ADDFD + SEND), on the supervisor's thread or, for an
     open that waits, on a thread of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, ruleset: Ruleset | None) -> None:
         self.me: Identity | None = None  # the supervisor's, at the first take-on
         self.waiting = 0  # opens waiting in threads of their own
+        self.grants = Grants(ruleset) if ruleset is not None else None
+        self.ns = os.stat("/proc/self/ns/mnt").st_ino  # ours: the tree's while ``same``
+        self.umask = _umask(Path("/proc/self/status").read_bytes())
+
+    def forget(self) -> None:
+        """A directory was renamed or removed: Landlock walks must be done again."""
+        if self.grants is not None:
+            self.grants.forget()
+
+    def _allows(
+        self, tid: int, parent: int, entry: os.stat_result | None, need: int, same: bool | None
+    ) -> bool:
+        if self.grants is None:
+            return True
+        return self.grants.allows(tid, parent, entry, need, ns=self.ns if same else None)
+
+    def permitted(self, tid: int, target: Target, flags: int, same: bool | None) -> bool:
+        """Landlock would let ``tid`` make this open of ``target`` (to be created when
+        its stat is None): :func:`landlock_needs`, asked of ``enforce.grants`` from the
+        directory it is in. Always, without Landlock or for what is not a path (a pipe
+        or socket reached through /proc/PID/fd)."""
+        if self.grants is None or not target.path.startswith("/") or target.path == "/":
+            return True
+        st = target.st
+        directory = st is not None and _stat.S_ISDIR(st.st_mode)
+        need = landlock_needs(flags, exists=st is not None, directory=directory)
+        parent = os.path.dirname(target.path)
+        up = filecalls.open_path(tid, AT_FDCWD, os.fsencode(parent), follow=True, same=same)
+        assert up.fd is not None
+        try:
+            return self._allows(tid, up.fd, target.st, need, same)
+        finally:
+            os.close(up.fd)
+
+    def removable(self, tid: int, parent: int, *, directory: bool, same: bool | None) -> bool:
+        """Landlock would let ``tid`` remove a file (or a directory) from ``parent``."""
+        need = landlock.FS_REMOVE_DIR if directory else landlock.FS_REMOVE_FILE
+        return self._allows(tid, parent, None, need, same)
+
+    def create(
+        self,
+        listener: seccomp.Listener,
+        note: seccomp.Notification,
+        target: Target,
+        call: OpenCall,
+        *,
+        who: Identity | None,
+        status: bytes,
+        same: bool | None,
+    ) -> None:
+        """Create the file ``target`` names (it did not exist when checked) in the
+        directory checked, if Landlock's rules let the caller, as ``who``, with the
+        caller's mode and umask (``status``: its /proc status text), and hand it over.
+        Never through a symlink (one made there since the check is refused, ELOOP);
+        should the name exist by now, that file is opened — the name is the one the
+        policy judged."""
+        nid, tid = note.id, note.pid
+        parent, name = os.path.split(target.path)
+        up = filecalls.open_path(tid, AT_FDCWD, os.fsencode(parent), follow=True, same=same)
+        assert up.fd is not None
+        flags = call.flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            if up.path != parent:
+                raise OSError(errno.EACCES, "the directory changed during the check")
+            if not self._allows(tid, up.fd, None, landlock_needs(flags, exists=False), same):
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
+            mask = _umask(status)
+            old = os.umask(mask) if mask != self.umask else None  # umask(2) is per process:
+            try:  # no other supervisor thread creates files
+                with self.taken_on(who):
+                    src = os.open(name, flags, call.mode, dir_fd=up.fd)
+            finally:
+                if old is not None:
+                    os.umask(old)
+        except OSError as err:
+            listener.fail(nid, err.errno or errno.EACCES)
+            return
+        finally:
+            os.close(up.fd)
+        _hand_over(listener, nid, src, call.flags)
 
     def taken_on(self, who: Identity | None) -> contextlib.AbstractContextManager[None]:
         """The context in which this thread opens files as ``who`` (None: as itself)."""
@@ -272,8 +377,8 @@ def _hand_over(listener: seccomp.Listener, nid: int, src: int, flags: int) -> No
     """Give ``src`` to the notification's caller as its syscall's result (closing ours);
     O_NONBLOCK is cleared unless ``flags`` (the caller's) asked for it."""
     try:
-        if not flags & os.O_NONBLOCK:
-            fcntl.fcntl(src, fcntl.F_SETFL, fcntl.fcntl(src, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        if not flags & os.O_NONBLOCK:  # F_SETFL sets only these of the open's flags
+            fcntl.fcntl(src, fcntl.F_SETFL, flags & _SETFL)
         addfd_send(listener.fd, nid, src, cloexec=bool(flags & os.O_CLOEXEC))
     except OSError as err:
         if err.errno != errno.ENOENT:  # ENOENT: the caller is gone

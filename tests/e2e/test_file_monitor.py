@@ -50,7 +50,10 @@ from agentsh.shell import supervise
 pytestmark = pytest.mark.e2e
 
 BASH = "/usr/bin/bash"
-MODES = ("notify", "ptrace", "notify+landlock")
+MODES = ("notify", "ptrace", "notify+landlock", "notify+narrow")
+# notify+narrow: Landlock lets the tree read only these trees and /tmp (as exe.dev's seed
+# config does), so what the supervisor opens for the tree must be put to its read rules.
+NARROW_READS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev")
 SECRET = "SECRET-MATERIAL-42"
 DEFAULTS = filemon.MonitorConfig()
 
@@ -114,7 +117,7 @@ class Runner:
     ) -> None:
         self.kit, self.mode = kit, mode
         self.ruleset = None
-        if mode.endswith("+landlock"):
+        if "+" in mode:
             support = landlock.probe()
             if not support.available:
                 pytest.skip("Landlock is unavailable on this kernel")
@@ -125,6 +128,8 @@ class Runner:
                 runtime=landlock.runtime_paths(),
                 analyse=False,
             )
+            if mode.endswith("+narrow"):
+                self.ruleset = _narrowed(self.ruleset, (*NARROW_READS, "/tmp"))
         if mode == "ptrace" and not ptrace.probe().available:
             pytest.skip(f"the ptrace backend is unavailable: {ptrace.probe().reason}")
         plan = filemon.plan(
@@ -198,6 +203,16 @@ class Runner:
             "events": [json.loads(x) for x in lines],
             "exited": exited,
         }
+
+
+def _narrowed(ruleset: landlock.Ruleset, reads: tuple[str, ...]) -> landlock.Ruleset:
+    """``ruleset`` with reads granted only beneath ``reads`` (the built-in policy lets
+    the tree read everywhere, which a config's ``allow_read`` cannot take back)."""
+    rules = [
+        replace(r, access=r.access & ~landlock.READ) if r.path == "/" else r for r in ruleset.rules
+    ]
+    rules += [landlock.Rule(path, landlock.READ, tree=True) for path in reads]
+    return replace(ruleset, rules=tuple(rules))
 
 
 def _await_eof(life: socket.socket, timeout: float, conn: socket.socket | None = None) -> bool:
@@ -489,31 +504,41 @@ def test_a_swapped_symlink_cannot_smuggle_the_key_in(runner: Runner) -> None:
         assert _file_denials(result, CREDS)  # and the key refused, with its rule
 
 
-# A second thread flips the path an open reads between a harmless name and the key, at
-# memory speed: whatever the kernel looks up after the check, the process must only ever
-# get the file that was checked. The harmless names cover every kind the monitor opens in
-# the process's stead (a file, a device, procfs, a /proc/self entry); "drop" makes the
-# racer drop one capability first, so its credentials differ from the supervisor's.
-PY_RACE = """
+# The racing thread: flips the C string ``buf`` between the paths in variables {a} and {b}.
+FLIPPER = """buf = ctypes.create_string_buffer(512)
+names = [{a}.encode() + b"\\0", {b}.encode() + b"\\0"]
+def flip():
+    while True:
+        for name in names:
+            ctypes.memmove(buf, name, len(name))
+threading.Thread(target=flip, daemon=True).start()
+"""
+
+# A second thread flips the path an open names between a harmless name and a protected
+# one, at memory speed: whatever the kernel would look up after the check, the process
+# must only ever get the file that was checked. The harmless names cover every kind the
+# monitor opens in the process's stead (a file, a device, procfs, a /proc/self entry), and
+# opens that write: O_RDWR of the workspace's .env (writable under Landlock, unreadable
+# by policy) and O_CREAT of a new file. "drop" makes the racer drop one capability
+# first, so its credentials differ from the supervisor's.
+PY_RACE = (
+    """
 import ctypes, os, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
-harmless, key, drop = sys.argv[1], sys.argv[2], sys.argv[3] == "drop"
+harmless, key, drop, flags = sys.argv[1], sys.argv[2], sys.argv[3] == "drop", sys.argv[4]
+flags = {"read": os.O_RDONLY | os.O_NONBLOCK, "rdwr": os.O_RDWR,
+         "create": os.O_RDWR | os.O_CREAT}[flags]
 if drop:  # capset(2): CAP_SYS_BOOT (22) out of the effective and permitted sets
     head, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
     assert libc.capget(head, data) == 0
     data[0] &= ~(1 << 22)
     data[1] &= ~(1 << 22)
     assert libc.capset(head, data) == 0
-buf = ctypes.create_string_buffer(512)
-names = [harmless.encode() + b"\\0", key.encode() + b"\\0"]
-def flip():
-    while True:
-        for name in names:
-            ctypes.memmove(buf, name, len(name))
-threading.Thread(target=flip, daemon=True).start()
-opened = leaked = 0
+"""
+    + FLIPPER.format(a="harmless", b="key")
+    + """opened = leaked = 0
 for _ in range(1500):
-    fd = libc.open(buf, os.O_RDONLY | os.O_NONBLOCK)
+    fd = libc.open(buf, flags, 0o644)
     if fd < 0:
         continue
     opened += 1
@@ -521,44 +546,67 @@ for _ in range(1500):
     os.close(fd)
 print(f"opened={opened} leaked={leaked}")
 """
-HARMLESS = ("{w}/harmless", "/dev/null", "/proc/self/stat", "/proc/cpuinfo")
+)
+RACES = {  # name: (harmless, protected, open flags, the rule refusing the protected one)
+    **{f"read-{h}": (h, "{h}/.ssh/id_rsa", "read", CREDS) for h in (
+        "{w}/harmless", "/dev/null", "/proc/self/stat", "/proc/cpuinfo")},
+    "rdwr-env": ("{w}/harmless", "{w}/.env", "rdwr", ENV),
+    "create-env": ("{w}/made", "{w}/.env", "create", ENV),
+}  # fmt: skip
 
 
-def _race(runner: Runner, harmless: str, creds: str) -> dict[str, Any]:
-    key = runner.kit.home / ".ssh" / "id_rsa"
-    script = f"echo harmless > {runner.kit.work}/harmless; python3 -c {shlex.quote(PY_RACE)} "
-    script += f"{harmless} {key} {creds}"
+def _race(runner: Runner, race: str, creds: str) -> dict[str, Any]:
+    harmless, key, flags, _ = (runner.kit.fmt(x) for x in RACES[race])
+    script = f"echo harmless > {runner.kit.work}/harmless; rm -f {runner.kit.work}/made; "
+    script += f"python3 -c {shlex.quote(PY_RACE)} {harmless} {key} {creds} {flags}"
     return runner.run(script.replace("{", "{{").replace("}", "}}"))  # not a template
 
 
 @pytest.mark.parametrize("creds", ["same", "drop"])
-@pytest.mark.parametrize("harmless", HARMLESS)
-def test_a_racing_thread_never_gets_the_key(runner: Runner, harmless: str, creds: str) -> None:
-    """The process gets the harmless file, the key is refused with its rule, and nothing
-    of the key is ever read (under ptrace, a lost race kills the process at the open's
-    exit instead)."""
-    result = _race(runner, runner.kit.fmt(harmless), creds)
-    assert SECRET not in result["out"]
-    if runner.mode == "ptrace" and result["rc"] in (-9, 128 + 9):
-        return
-    assert result["rc"] == 0, result
-    assert "leaked=0" in result["out"], result["out"]
+@pytest.mark.parametrize("race", sorted(RACES))
+def test_a_racing_thread_never_gets_the_key(runner: Runner, race: str, creds: str) -> None:
+    """The process gets the harmless file, the protected one is refused with its rule,
+    and nothing of it is ever read (under ptrace, a lost race kills the process at the
+    open's exit instead)."""
+    for _ in range(3):  # on a loaded machine a run may never catch the harmless name
+        result = _race(runner, race, creds)
+        assert SECRET not in result["out"]
+        if runner.mode == "ptrace" and result["rc"] in (-9, 128 + 9):
+            return
+        assert result["rc"] == 0, result
+        assert "leaked=0" in result["out"], result["out"]
+        if "opened=0" not in result["out"]:
+            break
     assert "opened=0" not in result["out"]
-    assert _file_denials(result, CREDS)
+    assert _file_denials(result, RACES[race][3])
 
 
-def test_the_same_race_wins_when_the_kernel_opens_the_path(kit: Kit) -> None:
+@pytest.mark.parametrize("race", ["read-{w}/harmless", "rdwr-env"])
+def test_the_same_race_wins_when_the_kernel_opens_the_path(kit: Kit, race: str) -> None:
     """The control for the test above: with ``openat_emulation: false`` the kernel looks
     the path up again after the check, and the racer reads the key — so the racer is
     fast enough to prove something."""
     runner = Runner(kit, "notify", filemon.MonitorConfig(emulate_opens=False))
     leaked = False
     for _ in range(3):
-        result = _race(runner, kit.fmt("{w}/harmless"), "same")
+        result = _race(runner, race, "same")
         leaked = "leaked=0" not in result["out"]
         if leaked:
             break
     assert leaked, result["out"]
+
+
+@pytest.mark.parametrize("mode", ["notify", "notify+narrow"])
+def test_reads_landlock_narrows_stay_narrow_when_the_supervisor_opens(kit: Kit, mode: str) -> None:
+    """/var is outside the narrowed reads: the supervisor, outside the domain, must not
+    open it for the tree (it asks Landlock's rules first); without narrowing it opens."""
+    result = Runner(kit, mode).run("head -c 8 /var/lib/dpkg/status")
+    if mode == "notify":
+        assert (result["rc"], result["out"]) == (0, "Package:"), result
+    else:
+        assert result["rc"] != 0
+        assert result["out"] == ""
+        assert "Permission denied" in result["err"], result["err"]
 
 
 def test_audit_only_mode_records_instead_of_refusing(kit: Kit) -> None:
@@ -617,6 +665,65 @@ def test_soft_deletes_go_to_the_trash_and_come_back(kit: Kit, mode: str, creds: 
     assert (tree / "a.txt").read_bytes() == b"alpha\n"
     assert (tree / "sub" / "b.bin").read_bytes() == bytes(range(256))
     assert (tree / "sub" / "b.bin").stat().st_mode & 0o777 == 0o640
+
+
+# unlink(2) of a path a second thread flips between a file anyone may delete (/tmp) and a
+# workspace file a rule keeps: the kept file is never deleted.
+PY_UNLINK_RACE = (
+    """
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+decoy, victim = sys.argv[1], sys.argv[2]
+"""
+    + FLIPPER.format(a="decoy", b="victim")
+    + """for _ in range(1500):
+    if not os.path.exists(decoy):
+        open(decoy, "w").close()
+    libc.unlink(buf)
+    if not os.path.exists(victim):
+        break
+os.path.exists(decoy) and os.unlink(decoy)
+print("victim", "there" if os.path.exists(victim) else "gone")
+"""
+)
+
+
+def _unlink_race(kit: Kit, mode: str, cfg: filemon.MonitorConfig, n: int) -> dict[str, Any]:
+    keep = FileRule("keep-victims", (f"{kit.work}/victim-*",), ("delete",), Decision.DENY)
+    kept = Kit(
+        kit.base, kit.home, kit.work, replace(kit.policy, file_rules=(keep, *kit.policy.file_rules))
+    )
+    victim = kit.work / f"victim-{mode}-{n}"
+    victim.write_text("keep me\n")
+    decoy = Path(f"/tmp/agentsh-decoy-{os.getpid()}-{n}")
+    script = f"python3 -c {shlex.quote(PY_UNLINK_RACE)} {decoy} {victim} 2>/dev/null"
+    result = Runner(kept, mode, cfg).run(script.replace("{", "{{").replace("}", "}}"))
+    assert result["rc"] == 0, result
+    return result
+
+
+@pytest.mark.parametrize("mode", ["notify", "ptrace"])
+def test_a_racing_thread_cannot_delete_what_a_rule_keeps(kit: Kit, mode: str) -> None:
+    """1,500 unlinks each, twice: the check refuses the kept file whenever it sees it,
+    and what the check allowed is what is removed."""
+    for n in range(2):
+        result = _unlink_race(kit, mode, DEFAULTS, n)
+        assert result["out"] == "victim there\n", f"run {n}: deleted"
+        assert _file_denials(result, "keep-victims")
+
+
+def test_the_same_delete_race_wins_when_the_kernel_deletes_the_path(kit: Kit) -> None:
+    """The control: with ``openat_emulation: false`` allowed unlinks are left to the
+    kernel, which looks the path up again — and deletes the kept file."""
+    lost = False
+    for n in range(10, 15):
+        lost = (
+            _unlink_race(kit, "notify", filemon.MonitorConfig(emulate_opens=False), n)["out"]
+            == "victim gone\n"
+        )
+        if lost:
+            break
+    assert lost
 
 
 def test_deletes_are_refused_where_soft_delete_is_unavailable(kit: Kit) -> None:

@@ -165,11 +165,16 @@ def test_seed_and_default_policies_trap_everything(name: str, with_landlock: boo
     assert (found.read_opens, found.write_opens, found.families) == (True, True, ALL_FAMILIES)
 
 
-def test_exe_dev_landlock_narrows_reads_so_opens_are_not_emulated() -> None:
+def test_exe_dev_landlock_narrows_reads_so_emulated_opens_ask_landlock() -> None:
     found = filemon.plan(policy("exe.dev"), MonitorConfig(), landlock=ruleset("exe.dev"))
     assert found is not None
-    assert not found.emulate
-    assert filemon.plan(policy("exe.dev"), MonitorConfig(), landlock=None).emulate  # type: ignore[union-attr]
+    assert (found.emulate, found.reads_narrowed) == (True, True)
+    bare = filemon.plan(policy("exe.dev"), MonitorConfig(), landlock=None)
+    assert bare is not None
+    assert (bare.emulate, bare.reads_narrowed) == (True, False)
+    off = filemon.plan(policy("exe.dev"), MonitorConfig(emulate_opens=False), landlock=None)
+    assert off is not None
+    assert not off.emulate
 
 
 def test_a_read_deny_alone_traps_reads_renames_and_links_not_writes() -> None:

@@ -1,0 +1,121 @@
+"""Landlock's answer for one open, worked out by the supervisor before it opens a file in
+a tracee's stead (``enforce.standin``): the supervisor is not in the tree's Landlock
+domain, so what it opens for the tree must be what Landlock would have let the tree open.
+
+Landlock grants a right on a file when a rule of the domain on the file itself (file
+rights only) or on a directory above it — walking up through mount points to the root of
+the mount namespace — grants it (Documentation/userspace-api/landlock.rst, "Filesystem
+flags"). :class:`Grants` rebuilds that for the one ruleset the frontend applied:
+
+- the rules' inodes, found through the tracee's root (``/proc/TID/root``: a FUSE view or
+  another mount namespace is seen as the tree sees it), remembered per mount namespace.
+  A rule whose path is missing is skipped, as ``landlock.apply`` skips it; a directory
+  named by a file-only rule grants nothing, a file named by a tree rule file rights only;
+- a walk up from the directory the open starts in (``..``, which crosses mount points as
+  Landlock does), collecting the rights of every rule met.
+
+Rules are looked up when first needed, not when Landlock was applied: a rule directory
+replaced meanwhile lies inside a tree the tree can write, whose own grant covers it.
+
+A walk costs ~60 us; its result is remembered per directory (at most :data:`DIRS_MAX`)
+until :meth:`Grants.forget`, which the monitor calls at every rename and rmdir it sees (a
+directory moved, or an inode number reused, would change the answer). A directory moved
+by a process outside the tree is not seen: the remembered answer is then the one for its
+old place, until the next rename or rmdir in the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as _stat
+from typing import Final
+
+from agentsh.enforce import landlock
+from agentsh.enforce.landlock import Ruleset
+
+_PATH_DIR: Final = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_DEPTH_MAX: Final = 4096
+DIRS_MAX: Final = 4096
+_Key = tuple[int, int]
+
+
+class Grants:
+    """Landlock's decisions for ``ruleset``'s domain, asked per open."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+        self.tables: dict[int, dict[_Key, int]] = {}  # mount namespace inode -> rules
+        self.dirs: dict[tuple[int, int, int], int] = {}  # (namespace, dev, ino) -> walk
+
+    def allows(
+        self,
+        tid: int,
+        parent: int,
+        entry: os.stat_result | None,
+        need: int,
+        *,
+        ns: int | None = None,
+    ) -> bool:
+        """Landlock lets thread ``tid`` have the rights ``need`` on the entry ``entry``
+        (its stat; None for one about to be created) of directory ``parent`` (an fd).
+        ``ns``: the thread's mount namespace inode, when the caller knows it. Rights the
+        ruleset does not handle are always granted."""
+        need &= self.ruleset.handled_fs
+        if not need:
+            return True
+        ns = ns if ns is not None else os.stat(f"/proc/{tid}/ns/mnt").st_ino
+        table = self.tables.get(ns)
+        if table is None:
+            table = self.tables[ns] = _rules(tid, self.ruleset)
+        got = 0
+        if entry is not None and not _stat.S_ISDIR(entry.st_mode):
+            got = table.get((entry.st_dev, entry.st_ino), 0) & landlock.FILE_RIGHTS
+        up = os.fstat(parent)
+        key = (ns, up.st_dev, up.st_ino)
+        walked = self.dirs.get(key)
+        if walked is None:
+            if len(self.dirs) >= DIRS_MAX:
+                self.dirs.clear()
+            walked = self.dirs[key] = _walk(parent, table)
+        return need & ~(got | walked) == 0
+
+    def forget(self) -> None:
+        """Drop every remembered walk (a directory was renamed or removed)."""
+        self.dirs.clear()
+
+
+def _rules(tid: int, ruleset: Ruleset) -> dict[_Key, int]:
+    """(device, inode) -> rights of every rule, as the tracee's root shows its path."""
+    table: dict[_Key, int] = {}
+    for rule in ruleset.rules:
+        try:
+            st = os.stat(f"/proc/{tid}/root{rule.path}")
+        except OSError:
+            continue
+        is_dir = _stat.S_ISDIR(st.st_mode)
+        if is_dir and not rule.tree:
+            continue
+        access = rule.access if is_dir else rule.access & landlock.FILE_RIGHTS
+        key = (st.st_dev, st.st_ino)
+        table[key] = table.get(key, 0) | access
+    return table
+
+
+def _walk(start: int, table: dict[_Key, int]) -> int:
+    """The rights of the rules on directory ``start`` and every directory above it."""
+    got = 0
+    cur = os.dup(start)
+    try:
+        for _ in range(_DEPTH_MAX):
+            st = os.fstat(cur)
+            key = (st.st_dev, st.st_ino)
+            got |= table.get(key, 0)
+            up = os.open("..", _PATH_DIR, dir_fd=cur)
+            ust = os.fstat(up)
+            os.close(cur)
+            cur = up
+            if (ust.st_dev, ust.st_ino) == key:  # the root: ".." is itself
+                break
+    finally:
+        os.close(cur)
+    return got
