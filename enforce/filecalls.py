@@ -375,6 +375,17 @@ def open_parent(tid: int, item: Item, same: bool | None) -> tuple[Target, bytes]
     return open_path(tid, item.dirfd, parent, follow=True, same=same), name
 
 
+def renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+    """renameat2(2) (x86_64 316), which os.rename cannot pass flags to.
+
+    Raises:
+        OSError: what the kernel answered.
+    """
+    if _libc.syscall(316, olddir, old, newdir, new, ctypes.c_uint(flags)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def resolve_open(tid: int, dirfd: int, path: bytes, flags: int, same: bool | None) -> Target:
     """Resolve an open's path: followed unless O_NOFOLLOW or O_CREAT|O_EXCL. With O_CREAT
     the parent is resolved first: a missing name resolves to where it would be created,

@@ -28,9 +28,10 @@ For each call, in this order:
      is the syscall's result, so no path is looked up again); or, for an unlink/rmdir a
      ``soft_delete`` rule decides when the plan names a trash store, move the entry there
      (``enforce.trash``) through the directory fd just checked and answer 0; for any
-     other allowed unlink/rmdir, remove the entry checked through that fd, as the
-     process and within Landlock's rules, and answer as the kernel did; otherwise
-     CONTINUE.
+     other allowed unlink/rmdir, remove the entry checked through that fd — and for an
+     allowed rename/renameat/renameat2, rename through the two directory fds checked —
+     as the process and as Landlock would allow it, and answer as the kernel did;
+     otherwise CONTINUE.
 
 CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
 can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
@@ -40,8 +41,10 @@ reads and writes nothing; each later use of it is trapped and judged) and O_TMPF
 file nobody else can reach). Under ptrace (no ADDFD) an allowed open is stopped again at
 its exit and the fd it returned is judged: a refused file kills the process before it
 runs another instruction (:meth:`Monitor.opened`). What remains open, under both
-transports: the other path calls (rename, link, symlink, mkdir, truncate, chmod, chown),
-which are still CONTINUEd after their check.
+transports: the other path calls (link, symlink, mkdir, truncate, chmod, chown), which
+are still CONTINUEd after their check. A hard link a racing thread makes that way to a
+protected file found at start is still judged under the protected name (same device and
+inode); to any other protected file it launders the file.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from agentsh.enforce import (
     audit,
     engine,
     filemon,
+    grants,
     identity,
     seccomp,
     standin,
@@ -80,6 +84,7 @@ from agentsh.enforce.filecalls import (
     open_parent,
     path_items,
     protected_inodes,
+    renameat2,
     resolve,
     resolve_open,
 )
@@ -97,6 +102,8 @@ _DELETES: Final = frozenset(filemon.FAMILIES["delete"][1])  # unlink, rmdir, unl
 # AT_REMOVEDIR, checked by flag).
 _MOVES: Final = frozenset({84, *filemon.FAMILIES["rename"][1]})
 _NR_UNLINKAT, _AT_REMOVEDIR = 263, 0x200
+_RENAMES: Final = frozenset(filemon.FAMILIES["rename"][1])  # rename, renameat, renameat2
+_NR_RENAMEAT2: Final = 316
 
 
 # --------------------------------------------------------------------------- deciding
@@ -395,8 +402,10 @@ class Monitor:
             self.opener.forget()  # remembered Landlock walks may be stale now
         items = path_items(note.pid, note.nr, note.args)
         same = None if sup.views_changed else True
+        judged: list[str] = []
         for item in items:
             target = resolve(note.pid, item, same)
+            judged.append(target.path)
             if target.fd is not None:
                 os.close(target.fd)
             verdict = self.judge(item.ops, target, write=item.ops != LINKED, tid=note.pid)
@@ -417,7 +426,49 @@ class Monitor:
         if self.plan.emulate and note.nr in _DELETES and len(items) == 1:
             self._delete(sup, note, items[0], target, same, soft=False)
             return
+        if self.plan.emulate and note.nr in _RENAMES and len(items) == 2:
+            self._rename(sup, note, items, judged, same)
+            return
         sup.listener.allow(note.id)
+
+    def _rename(
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        items: list[Item],
+        judged: list[str],
+        same: bool | None,
+    ) -> None:
+        """Carry out an allowed rename/renameat/renameat2 on the entries checked, through
+        the directory fds resolved now (their canonical paths must still be the ones
+        judged), as the process and as Landlock would allow it
+        (``grants.rename_refusal``), then answer as the kernel did."""
+        pid = note.pid
+        flags = note.args[4] & 0xFFFFFFFF if note.nr == _NR_RENAMEAT2 else 0
+        who = self._who(pid)
+        old, old_name = open_parent(pid, items[0], same)
+        assert old.fd is not None
+        try:
+            new, new_name = open_parent(pid, items[1], same)
+            assert new.fd is not None
+            try:
+                here = [_join(old.path, old_name), _join(new.path, new_name)]
+                if here != judged:
+                    raise OSError(errno.EACCES, "a directory changed during the check")
+                if flags & grants.RENAME_NOREPLACE and _exists(new.fd, new_name):
+                    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+                err = self.opener.rename_refusal(
+                    pid, (old.fd, old_name), (new.fd, new_name), flags, same
+                )
+                if err:
+                    raise OSError(err, os.strerror(err))  # Landlock's answer
+                with self.opener.taken_on(who):
+                    renameat2(old.fd, old_name, new.fd, new_name, flags)
+            finally:
+                os.close(new.fd)
+        finally:
+            os.close(old.fd)
+        sup.listener.succeed(note.id, 0)
 
     def _delete_refusal(self, item: Item, target: Target) -> Verdict:
         """DENY for a delete (or a rename over an entry) in a ``refuse_deletes`` tree;
@@ -602,6 +653,14 @@ class Monitor:
             urgent=True,
         )
         sup.listener.fail(note.id, errno.EACCES)
+
+
+def _exists(dirfd: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _relieved(

@@ -26,6 +26,7 @@ old place, until the next rename or rmdir in the tree.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as _stat
 from typing import Final
@@ -64,20 +65,28 @@ class Grants:
         if not need:
             return True
         ns = ns if ns is not None else os.stat(f"/proc/{tid}/ns/mnt").st_ino
-        table = self.tables.get(ns)
-        if table is None:
-            table = self.tables[ns] = _rules(tid, self.ruleset)
         got = 0
         if entry is not None and not _stat.S_ISDIR(entry.st_mode):
-            got = table.get((entry.st_dev, entry.st_ino), 0) & landlock.FILE_RIGHTS
-        up = os.fstat(parent)
+            got = self._table(tid, ns).get((entry.st_dev, entry.st_ino), 0) & landlock.FILE_RIGHTS
+        return need & ~(got | self.beneath(tid, parent, ns)) == 0
+
+    def beneath(self, tid: int, directory: int, ns: int) -> int:
+        """The rights Landlock grants beneath ``directory`` (an fd): those of the rules on
+        it and on every directory above it (remembered)."""
+        up = os.fstat(directory)
         key = (ns, up.st_dev, up.st_ino)
         walked = self.dirs.get(key)
         if walked is None:
             if len(self.dirs) >= DIRS_MAX:
                 self.dirs.clear()
-            walked = self.dirs[key] = _walk(parent, table)
-        return need & ~(got | walked) == 0
+            walked = self.dirs[key] = _walk(directory, self._table(tid, ns))
+        return walked
+
+    def _table(self, tid: int, ns: int) -> dict[_Key, int]:
+        table = self.tables.get(ns)
+        if table is None:
+            table = self.tables[ns] = _rules(tid, self.ruleset)
+        return table
 
     def forget(self) -> None:
         """Drop every remembered walk (a directory was renamed or removed)."""
@@ -119,3 +128,72 @@ def _walk(start: int, table: dict[_Key, int]) -> int:
     finally:
         os.close(cur)
     return got
+
+
+# --------------------------------------------------------------------------- renames
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 0x1, 0x2
+_MAKE: Final = (
+    (_stat.S_ISDIR, landlock.FS_MAKE_DIR),
+    (_stat.S_ISREG, landlock.FS_MAKE_REG),
+    (_stat.S_ISLNK, landlock.FS_MAKE_SYM),
+    (_stat.S_ISFIFO, landlock.FS_MAKE_FIFO),
+    (_stat.S_ISSOCK, landlock.FS_MAKE_SOCK),
+    (_stat.S_ISCHR, landlock.FS_MAKE_CHAR),
+    (_stat.S_ISBLK, landlock.FS_MAKE_BLOCK),
+)
+
+
+def _make(st: os.stat_result | None) -> int:
+    """The right to make an entry like ``st`` (0 for none)."""
+    if st is None:
+        return 0
+    return next((right for test, right in _MAKE if test(st.st_mode)), 0)
+
+
+def _remove(st: os.stat_result | None) -> int:
+    if st is None:
+        return 0
+    return landlock.FS_REMOVE_DIR if _stat.S_ISDIR(st.st_mode) else landlock.FS_REMOVE_FILE
+
+
+def rename_refusal(
+    grants: Grants,
+    tid: int,
+    old: tuple[int, bytes],
+    new: tuple[int, bytes],
+    *,
+    flags: int,
+    ns: int,
+) -> int:
+    """The errno Landlock gives renameat2(2) of entry ``old`` (directory fd, name) to
+    ``new`` with ``flags``, or 0 (security/landlock/fs.c, current_check_refer_path):
+    removing from the old directory and making in the new one (both ways for
+    RENAME_EXCHANGE, and removing what is replaced) must be granted, else EACCES; across
+    directories, REFER must be granted on both sides and the moved entry must not gain
+    a right it did not have where it was, else EXDEV (always EXDEV when the ruleset does
+    not handle REFER, as before ABI 2). A missing entry raises ENOENT, as the kernel."""
+    (odir, oname), (ndir, nname) = old, new
+    src = os.stat(oname, dir_fd=odir, follow_symlinks=False)
+    try:
+        dst: os.stat_result | None = os.stat(nname, dir_fd=ndir, follow_symlinks=False)
+    except FileNotFoundError:
+        dst = None
+    exchange = bool(flags & RENAME_EXCHANGE)
+    handled = grants.ruleset.handled_fs
+    need_old = (_remove(src) | (_make(dst) if exchange else 0)) & handled
+    need_new = (_make(src) | _remove(dst)) & handled
+    at_old, at_new = grants.beneath(tid, odir, ns), grants.beneath(tid, ndir, ns)
+    if need_old & ~at_old or need_new & ~at_new:
+        return errno.EACCES
+    ost, nst = os.fstat(odir), os.fstat(ndir)
+    if (ost.st_dev, ost.st_ino) == (nst.st_dev, nst.st_ino):
+        return 0
+    if not handled & landlock.FS_REFER or not at_old & at_new & landlock.FS_REFER:
+        return errno.EXDEV
+    moved = [(src, at_new & ~at_old)] + ([(dst, at_old & ~at_new)] if exchange else [])
+    for st, gained in moved:
+        kinds = handled if st is None or _stat.S_ISDIR(st.st_mode) else landlock.FILE_RIGHTS
+        if gained & kinds & ~landlock.FS_REFER:
+            return errno.EXDEV
+    return 0

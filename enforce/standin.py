@@ -46,7 +46,7 @@ from typing import Final, NamedTuple
 
 from agentsh.enforce import filecalls, filemon, identity, landlock, seccomp
 from agentsh.enforce.filecalls import OpenCall, Target, proc_dev
-from agentsh.enforce.grants import Grants
+from agentsh.enforce.grants import Grants, rename_refusal
 from agentsh.enforce.identity import Identity
 from agentsh.enforce.landlock import Ruleset
 
@@ -258,6 +258,20 @@ class Opener:
             return self._allows(tid, up.fd, target.st, need, same)
         finally:
             os.close(up.fd)
+
+    def rename_refusal(
+        self,
+        tid: int,
+        old: tuple[int, bytes],
+        new: tuple[int, bytes],
+        flags: int,
+        same: bool | None,
+    ) -> int:
+        """``grants.rename_refusal`` (0 without Landlock)."""
+        if self.grants is None:
+            return 0
+        ns = self.ns if same else os.stat(f"/proc/{tid}/ns/mnt").st_ino
+        return rename_refusal(self.grants, tid, old, new, flags=flags, ns=ns)
 
     def removable(self, tid: int, parent: int, *, directory: bool, same: bool | None) -> bool:
         """Landlock would let ``tid`` remove a file (or a directory) from ``parent``."""

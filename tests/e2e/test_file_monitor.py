@@ -726,6 +726,59 @@ def test_the_same_delete_race_wins_when_the_kernel_deletes_the_path(kit: Kit) ->
     assert lost
 
 
+# rename(2) of a path a second thread flips between a harmless file and a .env file
+# (unreadable by policy; moving it out is refused) to a plain name: what lands at the
+# plain name must never be the .env.
+PY_RENAME_RACE = (
+    """
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+harmless, key, plain = sys.argv[1], sys.argv[2], sys.argv[3]
+"""
+    + FLIPPER.format(a="harmless", b="key")
+    + """leaked = 0
+for _ in range(1500):
+    if not os.path.exists(harmless):
+        open(harmless, "w").close()
+    if libc.rename(buf, plain.encode()) == 0:
+        with open(plain) as f:
+            leaked += "SECRET" in f.read()
+    if not os.path.exists(key):
+        break
+print(f"leaked={leaked}")
+"""
+)
+
+
+def _rename_race(kit: Kit, mode: str, cfg: filemon.MonitorConfig, n: int) -> dict[str, Any]:
+    d = kit.work / f"renames-{mode}-{n}"
+    d.mkdir()
+    (d / ".env").write_text(f"TOKEN={SECRET}\n")
+    args = f"{d}/harmless {d}/.env {kit.work}/plain-{mode}-{n}"
+    script = f"python3 -c {shlex.quote(PY_RENAME_RACE)} {args} 2>/dev/null"
+    return Runner(kit, mode, cfg).run(script.replace("{", "{{").replace("}", "}}"))
+
+
+@pytest.mark.parametrize("mode", ["notify", "ptrace", "notify+landlock"])
+def test_a_racing_thread_cannot_rename_a_protected_file_out(kit: Kit, mode: str) -> None:
+    for n in range(2):
+        result = _rename_race(kit, mode, DEFAULTS, n)
+        assert (result["rc"], result["out"]) == (0, "leaked=0\n"), result
+        assert _file_denials(result, ENV)
+
+
+def test_the_same_rename_race_wins_when_the_kernel_renames_the_path(kit: Kit) -> None:
+    """The control: with ``openat_emulation: false`` renames are left to the kernel."""
+    won = False
+    for n in range(10, 15):
+        won = _rename_race(kit, "notify", filemon.MonitorConfig(emulate_opens=False), n)[
+            "out"
+        ] not in ("leaked=0\n", "")
+        if won:
+            break
+    assert won
+
+
 def test_deletes_are_refused_where_soft_delete_is_unavailable(kit: Kit) -> None:
     runner = Runner(kit, "notify", refuse_deletes=(str(kit.work),))
     (kit.work / "keep.txt").write_text("kept\n")

@@ -4,13 +4,15 @@ the open for real; ``Grants.allows`` is asked the same from outside the domain."
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
 from agentsh.enforce import landlock
-from agentsh.enforce.grants import Grants
+from agentsh.enforce.filecalls import renameat2
+from agentsh.enforce.grants import RENAME_EXCHANGE, Grants, rename_refusal
 from agentsh.enforce.landlock import Rule, Ruleset
 from agentsh.enforce.standin import landlock_needs
 
@@ -120,3 +122,73 @@ def test_a_moved_directory_is_walked_again_after_forget(tree: Path) -> None:
         os.close(fd)
         (tree / "closed" / "mover").rmdir()
     assert not _kernel(ruleset, tree / "closed" / "mover-new", os.O_WRONLY | os.O_CREAT)
+
+
+# Renames: (from, to, flags) relative to the tree, under a ruleset with two writable trees,
+# "open" (also TRUNCATE) and "spare" (not), and the read-only rest.
+MOVE = landlock.FS_REMOVE_FILE | landlock.FS_REMOVE_DIR | landlock.FS_MAKE_REG
+MOVE |= landlock.FS_MAKE_DIR | landlock.FS_REFER | RW
+RENAMES = [
+    ("r/open/a", "r/open/b", 0, 0),  # same directory
+    ("r/open/a", "r/open/sub/a", 0, 0),  # across directories, same grants
+    ("r/open/a", "r/spare/a", 0, 0),  # to fewer rights
+    ("r/spare/c", "r/open/c", 0, errno.EXDEV),  # would gain TRUNCATE
+    ("r/open/a", "r/closed/a", 0, errno.EACCES),  # no MAKE_REG there
+    ("r/closed/d", "r/open/d", 0, errno.EACCES),  # no REMOVE_FILE there
+    ("r/open/a", "r/spare/e", RENAME_EXCHANGE, errno.EXDEV),  # e would gain TRUNCATE
+]
+
+
+def _rename_ruleset(base: Path) -> Ruleset:
+    rules = (
+        Rule(str(base), landlock.FS_READ_FILE | landlock.FS_READ_DIR, tree=True),
+        Rule(str(base / "r" / "open"), MOVE | landlock.FS_TRUNCATE, tree=True),
+        Rule(str(base / "r" / "spare"), MOVE, tree=True),
+    )
+    return Ruleset(landlock.probe().abi, HANDLED | MOVE, 0, rules)
+
+
+def _kernel_rename(ruleset: Ruleset, old: Path, new: Path, flags: int) -> int:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover — the child
+        os.close(r)
+        err = 0
+        try:
+            landlock.apply(ruleset)
+            renameat2(-100, bytes(old), -100, bytes(new), flags)
+        except OSError as e:
+            err = e.errno or 255
+        os.write(w, bytes([err]))
+        os._exit(0)
+    os.close(w)
+    answer = os.read(r, 1)[0]
+    os.close(r)
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.parametrize(("old", "new", "flags", "expected"), RENAMES)
+def test_renames_are_judged_as_landlock_judges_them(
+    tmp_path: Path, old: str, new: str, flags: int, expected: int
+) -> None:
+    if not landlock.probe().available:
+        pytest.skip("Landlock is unavailable on this kernel")
+    for d in ("r/open/sub", "r/spare", "r/closed"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("r/open/a", "r/spare/c", "r/spare/e", "r/closed/d"):
+        (tmp_path / f).write_text(f)
+    ruleset = _rename_ruleset(tmp_path)
+    src, dst = tmp_path / old, tmp_path / new
+    odir = os.open(src.parent, os.O_PATH | os.O_DIRECTORY)
+    ndir = os.open(dst.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        ns = os.stat("/proc/self/ns/mnt").st_ino
+        grants = Grants(ruleset)
+        olds, news = (odir, src.name.encode()), (ndir, dst.name.encode())
+        ours = rename_refusal(grants, os.getpid(), olds, news, flags=flags, ns=ns)
+    finally:
+        os.close(odir)
+        os.close(ndir)
+    theirs = _kernel_rename(ruleset, src, dst, flags)
+    assert (ours, theirs) == (expected, expected)
