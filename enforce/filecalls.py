@@ -336,6 +336,19 @@ def resolve(tid: int, item: Item, same: bool | None) -> Target:
     return _last(tid, item.dirfd, item.path, same)
 
 
+def hold(tid: int, item: Item, same: bool | None) -> Target:
+    """The object ``item`` names, held by an O_PATH fd (which the caller closes):
+    :func:`resolve`, but a last component that is not followed is opened itself
+    (O_NOFOLLOW: a symlink is held as the symlink).
+
+    Raises:
+        OSError: what the kernel would answer.
+    """
+    if item.fd_only or item.follow:
+        return resolve(tid, item, same)
+    return open_path(tid, item.dirfd, item.path, follow=False, same=same)
+
+
 def _split(path: bytes) -> tuple[bytes, bytes]:
     head, _, name = path.rstrip(b"/").rpartition(b"/")
     if not head:

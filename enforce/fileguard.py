@@ -28,10 +28,11 @@ For each call, in this order:
      is the syscall's result, so no path is looked up again); or, for an unlink/rmdir a
      ``soft_delete`` rule decides when the plan names a trash store, move the entry there
      (``enforce.trash``) through the directory fd just checked and answer 0; for any
-     other allowed unlink/rmdir, remove the entry checked through that fd — and for an
-     allowed rename/renameat/renameat2, rename through the two directory fds checked —
-     as the process and as Landlock would allow it, and answer as the kernel did;
-     otherwise CONTINUE.
+     other allowed unlink/rmdir, remove the entry checked through that fd — for an
+     allowed rename/renameat/renameat2, rename through the two directory fds checked; for
+     an allowed link/linkat, give the object checked its new name in the directory
+     checked — as the process and as Landlock would allow it, and answer as the kernel
+     did; otherwise CONTINUE.
 
 CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
 can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
@@ -41,10 +42,10 @@ reads and writes nothing; each later use of it is trapped and judged) and O_TMPF
 file nobody else can reach). Under ptrace (no ADDFD) an allowed open is stopped again at
 its exit and the fd it returned is judged: a refused file kills the process before it
 runs another instruction (:meth:`Monitor.opened`). What remains open, under both
-transports: the other path calls (link, symlink, mkdir, truncate, chmod, chown), which
-are still CONTINUEd after their check. A hard link a racing thread makes that way to a
-protected file found at start is still judged under the protected name (same device and
-inode); to any other protected file it launders the file.
+transports: the other path calls (symlink, mkdir, truncate, chmod, chown), which are
+still CONTINUEd after their check: none of them can give a process a protected file's
+content (a symlink is resolved again at each open), but a racing thread can make them
+change a file the policy protects from writes inside a tree Landlock lets it write.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from agentsh.enforce import (
     tracee,
 )
 from agentsh.enforce.filecalls import (
+    AT_FDCWD,
     LINKED,
     RESOLVE_IN_ROOT,
     Item,
@@ -80,8 +82,10 @@ from agentsh.enforce.filecalls import (
     Target,
     cred_lines,
     credentials,
+    hold,
     open_call,
     open_parent,
+    open_path,
     path_items,
     protected_inodes,
     renameat2,
@@ -104,6 +108,7 @@ _MOVES: Final = frozenset({84, *filemon.FAMILIES["rename"][1]})
 _NR_UNLINKAT, _AT_REMOVEDIR = 263, 0x200
 _RENAMES: Final = frozenset(filemon.FAMILIES["rename"][1])  # rename, renameat, renameat2
 _NR_RENAMEAT2: Final = 316
+_LINKS: Final = frozenset(filemon.FAMILIES["link"][1])  # link, linkat
 
 
 # --------------------------------------------------------------------------- deciding
@@ -423,13 +428,72 @@ class Monitor:
             if self._soft(item, verdict):
                 self._delete(sup, note, item, target, same, soft=True)
                 return
-        if self.plan.emulate and note.nr in _DELETES and len(items) == 1:
+        self._carry_out(sup, note, items, (judged, target), same)
+
+    def _carry_out(
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        items: list[Item],
+        checked: tuple[list[str], Target],
+        same: bool | None,
+    ) -> None:
+        """Carry out an allowed unlink/rmdir, rename or link in the supervisor (each
+        item's canonical path was ``checked[0]``; ``checked[1]`` the last target); the
+        other calls, or all with ``openat_emulation`` off, CONTINUE."""
+        judged, target = checked
+        if not self.plan.emulate:
+            sup.listener.allow(note.id)
+        elif note.nr in _DELETES and len(items) == 1:
             self._delete(sup, note, items[0], target, same, soft=False)
-            return
-        if self.plan.emulate and note.nr in _RENAMES and len(items) == 2:
+        elif note.nr in _RENAMES and len(items) == 2:
             self._rename(sup, note, items, judged, same)
-            return
-        sup.listener.allow(note.id)
+        elif note.nr in _LINKS and len(items) == 2:
+            self._link(sup, note, items, judged, same)
+        else:
+            sup.listener.allow(note.id)
+
+    def _link(
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        items: list[Item],
+        judged: list[str],
+        same: bool | None,
+    ) -> None:
+        """Carry out an allowed link/linkat: the object checked (held by an O_PATH fd)
+        gets its new name in the directory checked, through /proc/self/fd with
+        AT_SYMLINK_FOLLOW (which needs no capability, unlike AT_EMPTY_PATH), as the
+        process and as Landlock would allow it; then answer as the kernel did."""
+        pid = note.pid
+        who = self._who(pid)
+        src = hold(pid, items[0], same)
+        assert src.fd is not None
+        try:
+            up_path, src_name = os.path.split(src.path)
+            up = open_path(pid, AT_FDCWD, os.fsencode(up_path), follow=True, same=same)
+            assert up.fd is not None
+            try:
+                new, new_name = open_parent(pid, items[1], same)
+                assert new.fd is not None
+                try:
+                    if [src.path, _join(new.path, new_name)] != judged or up.path != up_path:
+                        raise OSError(errno.EACCES, "a directory changed during the check")
+                    old_entry = (up.fd, os.fsencode(src_name))
+                    err = self.opener.rename_refusal(
+                        pid, old_entry, (new.fd, new_name), 0, same, link=True
+                    )
+                    if err:
+                        raise OSError(err, os.strerror(err))  # Landlock's answer
+                    with self.opener.taken_on(who):
+                        os.link(f"/proc/self/fd/{src.fd}", new_name, dst_dir_fd=new.fd)
+                finally:
+                    os.close(new.fd)
+            finally:
+                os.close(up.fd)
+        finally:
+            os.close(src.fd)
+        sup.listener.succeed(note.id, 0)
 
     def _rename(
         self,

@@ -165,23 +165,27 @@ def rename_refusal(
     *,
     flags: int,
     ns: int,
+    link: bool = False,
 ) -> int:
     """The errno Landlock gives renameat2(2) of entry ``old`` (directory fd, name) to
-    ``new`` with ``flags``, or 0 (security/landlock/fs.c, current_check_refer_path):
-    removing from the old directory and making in the new one (both ways for
-    RENAME_EXCHANGE, and removing what is replaced) must be granted, else EACCES; across
-    directories, REFER must be granted on both sides and the moved entry must not gain
-    a right it did not have where it was, else EXDEV (always EXDEV when the ruleset does
-    not handle REFER, as before ABI 2). A missing entry raises ENOENT, as the kernel."""
+    ``new`` with ``flags`` — or, ``link``, linkat(2) of it there — or 0
+    (security/landlock/fs.c, current_check_refer_path): removing from the old directory
+    (not for a link) and making in the new one (both ways for RENAME_EXCHANGE, and
+    removing what a rename replaces) must be granted, else EACCES; across directories,
+    REFER must be granted on both sides and the entry must not gain a right it did not
+    have where it was, else EXDEV (always EXDEV when the ruleset does not handle REFER,
+    as before ABI 2). A missing entry raises ENOENT, as the kernel."""
     (odir, oname), (ndir, nname) = old, new
     src = os.stat(oname, dir_fd=odir, follow_symlinks=False)
     try:
         dst: os.stat_result | None = os.stat(nname, dir_fd=ndir, follow_symlinks=False)
     except FileNotFoundError:
         dst = None
+    if link and dst is not None:
+        return errno.EEXIST
     exchange = bool(flags & RENAME_EXCHANGE)
     handled = grants.ruleset.handled_fs
-    need_old = (_remove(src) | (_make(dst) if exchange else 0)) & handled
+    need_old = (0 if link else _remove(src) | (_make(dst) if exchange else 0)) & handled
     need_new = (_make(src) | _remove(dst)) & handled
     at_old, at_new = grants.beneath(tid, odir, ns), grants.beneath(tid, ndir, ns)
     if need_old & ~at_old or need_new & ~at_new:

@@ -266,12 +266,14 @@ class Opener:
         new: tuple[int, bytes],
         flags: int,
         same: bool | None,
+        *,
+        link: bool = False,
     ) -> int:
         """``grants.rename_refusal`` (0 without Landlock)."""
         if self.grants is None:
             return 0
         ns = self.ns if same else os.stat(f"/proc/{tid}/ns/mnt").st_ino
-        return rename_refusal(self.grants, tid, old, new, flags=flags, ns=ns)
+        return rename_refusal(self.grants, tid, old, new, flags=flags, ns=ns, link=link)
 
     def removable(self, tid: int, parent: int, *, directory: bool, same: bool | None) -> bool:
         """Landlock would let ``tid`` remove a file (or a directory) from ``parent``."""

@@ -726,23 +726,24 @@ def test_the_same_delete_race_wins_when_the_kernel_deletes_the_path(kit: Kit) ->
     assert lost
 
 
-# rename(2) of a path a second thread flips between a harmless file and a .env file
-# (unreadable by policy; moving it out is refused) to a plain name: what lands at the
-# plain name must never be the .env.
-PY_RENAME_RACE = (
+# rename(2) or link(2) of a path a second thread flips between a harmless file and a .env
+# file (unreadable by policy; moving or linking it out is refused) to a plain name: what
+# lands at the plain name must never be the .env.
+PY_MOVE_RACE = (
     """
 import ctypes, os, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
-harmless, key, plain = sys.argv[1], sys.argv[2], sys.argv[3]
+harmless, key, plain, call = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 """
     + FLIPPER.format(a="harmless", b="key")
     + """leaked = 0
 for _ in range(1500):
     if not os.path.exists(harmless):
         open(harmless, "w").close()
-    if libc.rename(buf, plain.encode()) == 0:
+    if getattr(libc, call)(buf, plain.encode()) == 0:
         with open(plain) as f:
             leaked += "SECRET" in f.read()
+        os.unlink(plain)
     if not os.path.exists(key):
         break
 print(f"leaked={leaked}")
@@ -750,30 +751,35 @@ print(f"leaked={leaked}")
 )
 
 
-def _rename_race(kit: Kit, mode: str, cfg: filemon.MonitorConfig, n: int) -> dict[str, Any]:
-    d = kit.work / f"renames-{mode}-{n}"
+def _move_race(
+    kit: Kit, mode: str, cfg: filemon.MonitorConfig, n: int, call: str
+) -> dict[str, Any]:
+    d = kit.work / f"{call}s-{mode}-{n}"
     d.mkdir()
     (d / ".env").write_text(f"TOKEN={SECRET}\n")
-    args = f"{d}/harmless {d}/.env {kit.work}/plain-{mode}-{n}"
-    script = f"python3 -c {shlex.quote(PY_RENAME_RACE)} {args} 2>/dev/null"
+    args = f"{d}/harmless {d}/.env {kit.work}/plain-{call}-{mode}-{n} {call}"
+    script = f"python3 -c {shlex.quote(PY_MOVE_RACE)} {args} 2>/dev/null"
     return Runner(kit, mode, cfg).run(script.replace("{", "{{").replace("}", "}}"))
 
 
+@pytest.mark.parametrize("call", ["rename", "link"])
 @pytest.mark.parametrize("mode", ["notify", "ptrace", "notify+landlock"])
-def test_a_racing_thread_cannot_rename_a_protected_file_out(kit: Kit, mode: str) -> None:
+def test_a_racing_thread_cannot_move_or_link_a_protected_file_out(
+    kit: Kit, mode: str, call: str
+) -> None:
     for n in range(2):
-        result = _rename_race(kit, mode, DEFAULTS, n)
+        result = _move_race(kit, mode, DEFAULTS, n, call)
         assert (result["rc"], result["out"]) == (0, "leaked=0\n"), result
         assert _file_denials(result, ENV)
 
 
-def test_the_same_rename_race_wins_when_the_kernel_renames_the_path(kit: Kit) -> None:
-    """The control: with ``openat_emulation: false`` renames are left to the kernel."""
+@pytest.mark.parametrize("call", ["rename", "link"])
+def test_the_same_race_wins_when_the_kernel_moves_the_path(kit: Kit, call: str) -> None:
+    """The control: with ``openat_emulation: false`` these calls are left to the kernel."""
     won = False
     for n in range(10, 15):
-        won = _rename_race(kit, "notify", filemon.MonitorConfig(emulate_opens=False), n)[
-            "out"
-        ] not in ("leaked=0\n", "")
+        out = _move_race(kit, "notify", filemon.MonitorConfig(emulate_opens=False), n, call)
+        won = out["out"] not in ("leaked=0\n", "")
         if won:
             break
     assert won

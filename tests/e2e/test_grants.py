@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,28 +64,34 @@ ROWS = [
 ]
 
 
-def _kernel(ruleset: Ruleset, path: Path, flags: int) -> bool:
-    """A child in the domain tries the open; a created file is removed again."""
+def _in_domain(ruleset: Ruleset, action: Callable[[], object]) -> int:
+    """Run ``action`` in a child inside the domain: 0, or the errno it failed with."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover — the child
         os.close(r)
+        err = 0
         try:
             landlock.apply(ruleset)
-            os.close(os.open(path, flags, 0o600))
-            answer = b"y"
-        except PermissionError:
-            answer = b"n"
-        except BaseException:  # noqa: BLE001
-            answer = b"?"
-        os.write(w, answer)
+            action()
+        except OSError as e:
+            err = e.errno or 255
+        except BaseException:  # noqa: BLE001 — reported as 255
+            err = 255
+        os.write(w, bytes([err]))
         os._exit(0)
     os.close(w)
-    answer = os.read(r, 1)
+    answer = os.read(r, 1)[0]
     os.close(r)
     os.waitpid(pid, 0)
-    assert answer in (b"y", b"n"), f"the open of {path} failed otherwise"
-    return answer == b"y"
+    return answer
+
+
+def _kernel(ruleset: Ruleset, path: Path, flags: int) -> bool:
+    """A child in the domain tries the open (a created file is removed again)."""
+    err = _in_domain(ruleset, lambda: os.close(os.open(path, flags, 0o600)))
+    assert err in (0, errno.EACCES), f"the open of {path} failed otherwise: {err}"
+    return err == 0
 
 
 @pytest.mark.parametrize(("rel", "flags"), ROWS, ids=[f"{p}-{f:o}" for p, f in ROWS])
@@ -124,18 +131,24 @@ def test_a_moved_directory_is_walked_again_after_forget(tree: Path) -> None:
     assert not _kernel(ruleset, tree / "closed" / "mover-new", os.O_WRONLY | os.O_CREAT)
 
 
-# Renames: (from, to, flags) relative to the tree, under a ruleset with two writable trees,
-# "open" (also TRUNCATE) and "spare" (not), and the read-only rest.
+# Renames and links: (call, from, to, flags, the errno expected) relative to the tree,
+# under a ruleset with two writable trees, "open" (also TRUNCATE) and "spare" (not), and
+# the read-only rest.
 MOVE = landlock.FS_REMOVE_FILE | landlock.FS_REMOVE_DIR | landlock.FS_MAKE_REG
 MOVE |= landlock.FS_MAKE_DIR | landlock.FS_REFER | RW
-RENAMES = [
-    ("r/open/a", "r/open/b", 0, 0),  # same directory
-    ("r/open/a", "r/open/sub/a", 0, 0),  # across directories, same grants
-    ("r/open/a", "r/spare/a", 0, 0),  # to fewer rights
-    ("r/spare/c", "r/open/c", 0, errno.EXDEV),  # would gain TRUNCATE
-    ("r/open/a", "r/closed/a", 0, errno.EACCES),  # no MAKE_REG there
-    ("r/closed/d", "r/open/d", 0, errno.EACCES),  # no REMOVE_FILE there
-    ("r/open/a", "r/spare/e", RENAME_EXCHANGE, errno.EXDEV),  # e would gain TRUNCATE
+MOVES = [
+    ("rename", "r/open/a", "r/open/b", 0, 0),  # same directory
+    ("rename", "r/open/a", "r/open/sub/a", 0, 0),  # across directories, same grants
+    ("rename", "r/open/a", "r/spare/a", 0, 0),  # to fewer rights
+    ("rename", "r/spare/c", "r/open/c", 0, errno.EXDEV),  # would gain TRUNCATE
+    ("rename", "r/open/a", "r/closed/a", 0, errno.EACCES),  # no MAKE_REG there
+    ("rename", "r/closed/d", "r/open/d", 0, errno.EACCES),  # no REMOVE_FILE there
+    ("rename", "r/open/a", "r/spare/e", RENAME_EXCHANGE, errno.EXDEV),  # e would gain
+    ("link", "r/open/a", "r/open/sub/a2", 0, 0),
+    ("link", "r/open/a", "r/spare/a2", 0, 0),  # to fewer rights
+    ("link", "r/spare/c", "r/open/c2", 0, errno.EXDEV),  # would gain TRUNCATE
+    ("link", "r/open/a", "r/closed/a2", 0, errno.EACCES),  # no MAKE_REG there
+    ("link", "r/open/a", "r/spare/e", 0, errno.EEXIST),
 ]
 
 
@@ -148,30 +161,11 @@ def _rename_ruleset(base: Path) -> Ruleset:
     return Ruleset(landlock.probe().abi, HANDLED | MOVE, 0, rules)
 
 
-def _kernel_rename(ruleset: Ruleset, old: Path, new: Path, flags: int) -> int:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover — the child
-        os.close(r)
-        err = 0
-        try:
-            landlock.apply(ruleset)
-            renameat2(-100, bytes(old), -100, bytes(new), flags)
-        except OSError as e:
-            err = e.errno or 255
-        os.write(w, bytes([err]))
-        os._exit(0)
-    os.close(w)
-    answer = os.read(r, 1)[0]
-    os.close(r)
-    os.waitpid(pid, 0)
-    return answer
-
-
-@pytest.mark.parametrize(("old", "new", "flags", "expected"), RENAMES)
-def test_renames_are_judged_as_landlock_judges_them(
-    tmp_path: Path, old: str, new: str, flags: int, expected: int
+@pytest.mark.parametrize("row", MOVES, ids=[f"{c}-{o}-{n}-{f}" for c, o, n, f, _ in MOVES])
+def test_renames_and_links_are_judged_as_landlock_judges_them(
+    tmp_path: Path, row: tuple[str, str, str, int, int]
 ) -> None:
+    call, old, new, flags, expected = row
     if not landlock.probe().available:
         pytest.skip("Landlock is unavailable on this kernel")
     for d in ("r/open/sub", "r/spare", "r/closed"):
@@ -182,13 +176,18 @@ def test_renames_are_judged_as_landlock_judges_them(
     src, dst = tmp_path / old, tmp_path / new
     odir = os.open(src.parent, os.O_PATH | os.O_DIRECTORY)
     ndir = os.open(dst.parent, os.O_PATH | os.O_DIRECTORY)
+    link = call == "link"
     try:
         ns = os.stat("/proc/self/ns/mnt").st_ino
-        grants = Grants(ruleset)
         olds, news = (odir, src.name.encode()), (ndir, dst.name.encode())
-        ours = rename_refusal(grants, os.getpid(), olds, news, flags=flags, ns=ns)
+        ours = rename_refusal(
+            Grants(ruleset), os.getpid(), olds, news, flags=flags, ns=ns, link=link
+        )
     finally:
         os.close(odir)
         os.close(ndir)
-    theirs = _kernel_rename(ruleset, src, dst, flags)
+    if link:
+        theirs = _in_domain(ruleset, lambda: os.link(src, dst))
+    else:
+        theirs = _in_domain(ruleset, lambda: renameat2(-100, bytes(src), -100, bytes(dst), flags))
     assert (ours, theirs) == (expected, expected)
