@@ -31,21 +31,20 @@ For each call, in this order:
      other allowed unlink/rmdir, remove the entry checked through that fd — for an
      allowed rename/renameat/renameat2, rename through the two directory fds checked; for
      an allowed link/linkat, give the object checked its new name in the directory
-     checked — as the process and as Landlock would allow it, and answer as the kernel
-     did; otherwise CONTINUE.
+     checked; for mkdir, symlink, truncate, chmod and chown, act on the directory or
+     object checked (``enforce.metacalls``) — as the process and as Landlock would allow
+     it, and answer as the kernel did. With ``openat_emulation`` off, every allowed call
+     is CONTINUEd.
 
 CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
 can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
-lookup — measured, a racing thread wins it within ten opens. So no allowed open is
-CONTINUEd under user-notify (unless ``openat_emulation`` is off), but O_PATH (an O_PATH fd
-reads and writes nothing; each later use of it is trapped and judged) and O_TMPFILE (a
-file nobody else can reach). Under ptrace (no ADDFD) an allowed open is stopped again at
-its exit and the fd it returned is judged: a refused file kills the process before it
-runs another instruction (:meth:`Monitor.opened`). What remains open, under both
-transports: the other path calls (symlink, mkdir, truncate, chmod, chown), which are
-still CONTINUEd after their check: none of them can give a process a protected file's
-content (a symlink is resolved again at each open), but a racing thread can make them
-change a file the policy protects from writes inside a tree Landlock lets it write.
+lookup — measured, a racing thread wins it within ten opens. So under user-notify no
+allowed call is CONTINUEd (unless ``openat_emulation`` is off), but opens with O_PATH (an
+O_PATH fd reads and writes nothing; each later use of it is trapped and judged) or
+O_TMPFILE (a file nobody else can reach). Under ptrace (no ADDFD) an allowed open runs
+itself and is stopped again at its exit, where the fd it returned is judged: a refused
+file kills the process before it runs another instruction (:meth:`Monitor.opened`); the
+other path calls are carried out by the supervisor as under user-notify.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ from agentsh.enforce import (
     filemon,
     grants,
     identity,
+    metacalls,
     seccomp,
     standin,
     terminals,
@@ -442,16 +442,56 @@ class Monitor:
         item's canonical path was ``checked[0]``; ``checked[1]`` the last target); the
         other calls, or all with ``openat_emulation`` off, CONTINUE."""
         judged, target = checked
+        nr = note.nr
         if not self.plan.emulate:
             sup.listener.allow(note.id)
-        elif note.nr in _DELETES and len(items) == 1:
+        elif nr in _DELETES and len(items) == 1:
             self._delete(sup, note, items[0], target, same, soft=False)
-        elif note.nr in _RENAMES and len(items) == 2:
+        elif nr in _RENAMES and len(items) == 2:
             self._rename(sup, note, items, judged, same)
-        elif note.nr in _LINKS and len(items) == 2:
+        elif nr in _LINKS and len(items) == 2:
             self._link(sup, note, items, judged, same)
+        elif nr in metacalls.MAKES or nr in metacalls.CHANGES:
+            self._meta(sup, note, items[0], judged[0], same)
         else:
             sup.listener.allow(note.id)
+
+    def _meta(
+        self,
+        sup: Supervisor,
+        note: seccomp.Notification,
+        item: Item,
+        judged: str,
+        same: bool | None,
+    ) -> None:
+        """Carry out an allowed mkdir, symlink, truncate, chmod or chown on the entry
+        checked (``enforce.metacalls``), then answer as the kernel did."""
+        pid, call = note.pid, (note.nr, note.args)
+        raw = self._status(pid)
+        if raw is None:
+            raise Refused("file-identity", "the process's credentials could not be read")
+        who = self._who(pid, raw)
+        if note.nr in metacalls.MAKES:
+            up, name = open_parent(pid, item, same)
+            assert up.fd is not None
+            try:
+                if _join(up.path, name) != judged:
+                    raise OSError(errno.EACCES, "the directory changed during the check")
+                metacalls.make(
+                    self.opener, pid, call, (up.fd, name), who=who, status=raw, same=same
+                )
+            finally:
+                os.close(up.fd)
+        else:
+            held = hold(pid, item, same)
+            try:
+                if held.path != judged:
+                    raise OSError(errno.EACCES, "the file changed during the check")
+                metacalls.change(self.opener, pid, call, held, who=who, same=same)
+            finally:
+                if held.fd is not None:
+                    os.close(held.fd)
+        sup.listener.succeed(note.id, 0)
 
     def _link(
         self,

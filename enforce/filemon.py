@@ -84,9 +84,9 @@ class MonitorConfig:
         metadata: ``intercept_metadata``: trap chmod and chown when rules restrict them.
         write_only_opens: trap only opens that may write; read rules are then not
             enforced (the plan says so in its notes).
-        emulate_opens: ``openat_emulation``: the supervisor opens an allowed read-only
-            file itself and injects the fd (SECCOMP_IOCTL_NOTIF_ADDFD), so what was
-            checked is what the process gets.
+        emulate_opens: ``openat_emulation``: the supervisor carries out every allowed
+            call itself (an open's fd is injected with SECCOMP_IOCTL_NOTIF_ADDFD), so
+            what was checked is what the call acts on (``enforce.fileguard``).
         block_io_uring: io_uring would let file I/O bypass the monitor; the plan asks for
             it to be refused (``Plan.needs_io_uring_block``).
     """

@@ -41,6 +41,7 @@ import re
 import signal
 import stat as _stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -251,6 +252,13 @@ class Opener:
         st = target.st
         directory = st is not None and _stat.S_ISDIR(st.st_mode)
         need = landlock_needs(flags, exists=st is not None, directory=directory)
+        return self.granted(tid, target, need, same)
+
+    def granted(self, tid: int, target: Target, need: int, same: bool | None) -> bool:
+        """Landlock grants ``tid`` the rights ``need`` on ``target`` (asked from the
+        directory it is in). Always without Landlock, or for what is not a path."""
+        if self.grants is None or not target.path.startswith("/") or target.path == "/":
+            return True
         parent = os.path.dirname(target.path)
         up = filecalls.open_path(tid, AT_FDCWD, os.fsencode(parent), follow=True, same=same)
         assert up.fd is not None
@@ -258,6 +266,22 @@ class Opener:
             return self._allows(tid, up.fd, target.st, need, same)
         finally:
             os.close(up.fd)
+
+    def allows_in(self, tid: int, directory: int, need: int, same: bool | None) -> bool:
+        """Landlock grants ``tid`` the rights ``need`` in ``directory`` (an fd)."""
+        return self._allows(tid, directory, None, need, same)
+
+    @contextlib.contextmanager
+    def umask_of(self, status: bytes) -> Iterator[None]:
+        """The caller's umask (``status``: its /proc status text) for files made in the
+        block. umask(2) is per process: no other supervisor thread creates files."""
+        mask = _umask(status)
+        old = os.umask(mask) if mask != self.umask else None
+        try:
+            yield
+        finally:
+            if old is not None:
+                os.umask(old)
 
     def rename_refusal(
         self,
@@ -307,14 +331,8 @@ class Opener:
                 raise OSError(errno.EACCES, "the directory changed during the check")
             if not self._allows(tid, up.fd, None, landlock_needs(flags, exists=False), same):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
-            mask = _umask(status)
-            old = os.umask(mask) if mask != self.umask else None  # umask(2) is per process:
-            try:  # no other supervisor thread creates files
-                with self.taken_on(who):
-                    src = os.open(name, flags, call.mode, dir_fd=up.fd)
-            finally:
-                if old is not None:
-                    os.umask(old)
+            with self.umask_of(status), self.taken_on(who):
+                src = os.open(name, flags, call.mode, dir_fd=up.fd)
         except OSError as err:
             listener.fail(nid, err.errno or errno.EACCES)
             return

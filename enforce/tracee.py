@@ -37,6 +37,12 @@ def s32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
+def s64(value: int) -> int:
+    """A register as a signed 64-bit int (off_t, long)."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
 # --------------------------------------------------------------------------- memory
 
 # Not process_vm_readv(2): it pins the pages it reads (FOLL_PIN), and a pinned page of a

@@ -346,6 +346,15 @@ ALLOWED: dict[str, tuple[str, str]] = {
         "z\n",
     ),
     "process-substitution": ("cat <(echo piped) /dev/stdin <<< here", "piped\nhere\n"),
+    # metadata calls the supervisor carries out: the caller's umask, truncate, chmod,
+    # fchmod (on a descriptor), chown, symlink
+    "metadata": (
+        "cd {w} && rm -rf m && mkdir m && echo hello > m/f && (umask 077; mkdir m/p) && "
+        "truncate -s 2 m/f && chmod 640 m/f && chown 0:0 m/f && ln -s f m/l && "
+        "python3 -c 'import os; os.fchmod(os.open(\"m/f\", os.O_RDONLY), 0o604)' && "
+        "stat -c '%s %a %U' m/f && stat -c '%a' m/p && readlink m/l && rm -r m",
+        "2 604 root\n700\nf\n",
+    ),
     # a FIFO opened before its writer: the open waits (in a thread of the supervisor)
     "fifo": (
         "rm -f {w}/p && mkfifo {w}/p && {{ (sleep 0.3; echo through > {w}/p) & }} && "
@@ -783,6 +792,76 @@ def test_the_same_race_wins_when_the_kernel_moves_the_path(kit: Kit, call: str) 
         if won:
             break
     assert won
+
+
+# truncate, chmod, mkdir and symlink of a path a second thread flips between a harmless
+# name and one under the workspace's .env rule (no operation allowed): the protected file
+# keeps its content and mode, and no protected name is ever made.
+PY_META_RACE = (
+    """
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+harmless, key, call = sys.argv[1], sys.argv[2], sys.argv[3]
+"""
+    + FLIPPER.format(a="harmless", b="key")
+    + """libc.truncate.argtypes = (ctypes.c_char_p, ctypes.c_long)
+do = {"truncate": lambda: libc.truncate(buf, 0), "chmod": lambda: libc.chmod(buf, 0o777),
+      "mkdir": lambda: libc.mkdir(buf, 0o755), "symlink": lambda: libc.symlink(b"x", buf)}[call]
+made = call in ("mkdir", "symlink")
+for _ in range(1500):
+    if not made and not os.path.exists(harmless):
+        open(harmless, "w").close()
+    do()
+    if made and os.path.lexists(key):
+        break
+    if made and os.path.isdir(harmless) and not os.path.islink(harmless):
+        os.rmdir(harmless)
+    elif made and os.path.lexists(harmless):
+        os.unlink(harmless)
+if made:
+    kept = not os.path.lexists(key)
+else:
+    st = os.stat(key)
+    kept = st.st_size > 0 and st.st_mode & 0o777 == 0o600
+print("kept" if kept else "changed")
+"""
+)
+META = {  # call: (the protected name, relative to a fresh directory, exists before)
+    "truncate": (".env", True),
+    "chmod": (".env", True),
+    "mkdir": (".env.d", False),
+    "symlink": (".env.link", False),
+}
+
+
+def _meta_race(kit: Kit, mode: str, cfg: filemon.MonitorConfig, call: str, n: int) -> str:
+    d = kit.work / f"meta-{call}-{mode}-{n}"
+    d.mkdir()
+    key, exists = META[call]
+    if exists:
+        (d / key).write_text(f"TOKEN={SECRET}\n")
+        (d / key).chmod(0o600)
+    args = f"{d}/harmless {d}/{key} {call}"
+    script = f"python3 -c {shlex.quote(PY_META_RACE)} {args} 2>/dev/null"
+    result = Runner(kit, mode, cfg).run(script.replace("{", "{{").replace("}", "}}"))
+    assert result["rc"] == 0, result
+    return result["out"]
+
+
+@pytest.mark.parametrize("call", sorted(META))
+@pytest.mark.parametrize("mode", ["notify", "ptrace"])
+def test_a_racing_thread_cannot_change_or_make_a_protected_name(
+    kit: Kit, mode: str, call: str
+) -> None:
+    for n in range(2):
+        assert _meta_race(kit, mode, DEFAULTS, call, n) == "kept\n", f"run {n}"
+
+
+@pytest.mark.parametrize("call", sorted(META))
+def test_the_same_race_wins_when_the_kernel_changes_the_path(kit: Kit, call: str) -> None:
+    """The control: with ``openat_emulation: false`` these calls are left to the kernel."""
+    off = filemon.MonitorConfig(emulate_opens=False)
+    assert any(_meta_race(kit, "notify", off, call, n) == "changed\n" for n in range(10, 15))
 
 
 def test_deletes_are_refused_where_soft_delete_is_unavailable(kit: Kit) -> None:
