@@ -4,8 +4,8 @@ Letting the kernel run a checked open (CONTINUE) makes it look the path up again
 tracee's memory, after the check: a second thread that flips the path between a harmless
 name and a protected one wins that race within a few tries (measured: ``/dev/null``,
 ``/proc/self/stat``, ``/proc/cpuinfo`` and ``/dev/tty`` as the harmless name each leaked
-``~/.ssh/id_rsa`` within 10 opens). So every read-only open the monitor allows is carried
-out by the supervisor on the object it resolved and checked, and the file is handed over
+``~/.ssh/id_rsa`` within 10 opens). So every open the monitor allows is carried out by
+the supervisor on the object it resolved and checked, and the file is handed over
 (``fileguard``: SECCOMP_IOCTL_NOTIF_ADDFD). :func:`choose` says how, per kind of file:
 
 - regular files, directories, devices, sockets (ENXIO, as for anyone), FIFOs: reopened
@@ -27,7 +27,11 @@ out by the supervisor on the object it resolved and checked, and the file is han
   values.
 
 :class:`Opener` carries the choice out and answers the notification with the file;
-``fileguard`` judges first and calls it for every allowed read-only open.
+``fileguard`` judges first and calls it for every allowed open. An open that may write
+(or read, where Landlock narrows reads) is first put to the tree's Landlock rules
+(:meth:`Opener.permitted`, ``enforce.grants``: the supervisor is outside the domain); a
+file to create is created in the directory checked with the caller's mode and umask
+(:meth:`Opener.create`).
 """
 
 from __future__ import annotations
