@@ -402,6 +402,8 @@ class Supervisor:
             call = tracee.read_exec(tid, note.nr, note.args)
             reqs, expect_argv, final = self._plan(tid, call, depth)
         except tracee.Unreadable as err:
+            if not self.listener.id_valid(note.id):
+                return  # killed while we read (`kill $!` of a starting job): nothing ran
             raw = ExecRequest(tid, "?", "?", (), tracee.cwd(tid), depth_of=depth)
             self._refuse_exec(note, raw, Verdict(Decision.DENY, "exec-unreadable", str(err)))
             return
