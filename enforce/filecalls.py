@@ -15,6 +15,7 @@ credentials (whether the supervisor may open a file on its behalf).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -347,6 +348,60 @@ def hold(tid: int, item: Item, same: bool | None) -> Target:
     if item.fd_only or item.follow:
         return resolve(tid, item, same)
     return open_path(tid, item.dirfd, item.path, follow=False, same=same)
+
+
+@contextlib.contextmanager
+def held(tid: int, item: Item, same: bool | None, judged: str) -> Iterator[Target]:
+    """:func:`hold` for a ``with`` block, which closes the fd; the object's canonical
+    path must still be ``judged`` (the path checked), else EACCES.
+
+    Raises:
+        OSError: what the kernel would answer, or EACCES.
+    """
+    target = hold(tid, item, same)
+    try:
+        if target.path != judged:
+            raise OSError(errno.EACCES, "the file changed during the check")
+        yield target
+    finally:
+        if target.fd is not None:
+            os.close(target.fd)
+
+
+@contextlib.contextmanager
+def entry(tid: int, item: Item, same: bool | None, judged: str) -> Iterator[tuple[int, bytes]]:
+    """:func:`open_parent` for a ``with`` block: the directory fd (closed on the way out)
+    and the name; their canonical path must still be ``judged``, else EACCES.
+
+    Raises:
+        OSError: what the kernel would answer, or EACCES.
+    """
+    up, name = open_parent(tid, item, same)
+    assert up.fd is not None
+    try:
+        if _join(up.path, name) != judged:
+            raise OSError(errno.EACCES, "the directory changed during the check")
+        yield up.fd, name
+    finally:
+        os.close(up.fd)
+
+
+@contextlib.contextmanager
+def directory(tid: int, path: str, same: bool | None) -> Iterator[int]:
+    """The directory ``path`` (canonical), opened O_PATH as the tracee resolves it, for a
+    ``with`` block; it must still be there under that name, else EACCES.
+
+    Raises:
+        OSError: what the kernel would answer, or EACCES.
+    """
+    up = open_path(tid, AT_FDCWD, os.fsencode(path), follow=True, same=same)
+    assert up.fd is not None
+    try:
+        if up.path != path:
+            raise OSError(errno.EACCES, "the directory changed during the check")
+        yield up.fd
+    finally:
+        os.close(up.fd)
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:

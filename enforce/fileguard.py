@@ -73,7 +73,6 @@ from agentsh.enforce import (
     tracee,
 )
 from agentsh.enforce.filecalls import (
-    AT_FDCWD,
     LINKED,
     RESOLVE_IN_ROOT,
     Item,
@@ -82,10 +81,10 @@ from agentsh.enforce.filecalls import (
     Target,
     cred_lines,
     credentials,
-    hold,
+    directory,
+    entry,
+    held,
     open_call,
-    open_parent,
-    open_path,
     path_items,
     protected_inodes,
     renameat2,
@@ -306,7 +305,7 @@ class Monitor:
         pid = standin.pid_of(target.path)
         how = standin.choose(
             tid,
-            _tgid(raw, tid),
+            tracee.tgid_of(raw, tid),
             flags,
             target,
             who,
@@ -472,25 +471,11 @@ class Monitor:
             raise Refused("file-identity", "the process's credentials could not be read")
         who = self._who(pid, raw)
         if note.nr in metacalls.MAKES:
-            up, name = open_parent(pid, item, same)
-            assert up.fd is not None
-            try:
-                if _join(up.path, name) != judged:
-                    raise OSError(errno.EACCES, "the directory changed during the check")
-                metacalls.make(
-                    self.opener, pid, call, (up.fd, name), who=who, status=raw, same=same
-                )
-            finally:
-                os.close(up.fd)
+            with entry(pid, item, same, judged) as made:
+                metacalls.make(self.opener, pid, call, made, who=who, status=raw, same=same)
         else:
-            held = hold(pid, item, same)
-            try:
-                if held.path != judged:
-                    raise OSError(errno.EACCES, "the file changed during the check")
-                metacalls.change(self.opener, pid, call, held, who=who, same=same)
-            finally:
-                if held.fd is not None:
-                    os.close(held.fd)
+            with held(pid, item, same, judged) as target:
+                metacalls.change(self.opener, pid, call, target, who=who, same=same)
         sup.listener.succeed(note.id, 0)
 
     def _link(
@@ -507,32 +492,17 @@ class Monitor:
         process and as Landlock would allow it; then answer as the kernel did."""
         pid = note.pid
         who = self._who(pid)
-        src = hold(pid, items[0], same)
-        assert src.fd is not None
-        try:
-            up_path, src_name = os.path.split(src.path)
-            up = open_path(pid, AT_FDCWD, os.fsencode(up_path), follow=True, same=same)
-            assert up.fd is not None
-            try:
-                new, new_name = open_parent(pid, items[1], same)
-                assert new.fd is not None
-                try:
-                    if [src.path, _join(new.path, new_name)] != judged or up.path != up_path:
-                        raise OSError(errno.EACCES, "a directory changed during the check")
-                    old_entry = (up.fd, os.fsencode(src_name))
-                    err = self.opener.rename_refusal(
-                        pid, old_entry, (new.fd, new_name), 0, same, link=True
-                    )
-                    if err:
-                        raise OSError(err, os.strerror(err))  # Landlock's answer
-                    with self.opener.taken_on(who):
-                        os.link(f"/proc/self/fd/{src.fd}", new_name, dst_dir_fd=new.fd)
-                finally:
-                    os.close(new.fd)
-            finally:
-                os.close(up.fd)
-        finally:
-            os.close(src.fd)
+        with (
+            held(pid, items[0], same, judged[0]) as src,
+            directory(pid, os.path.dirname(src.path), same) as up,
+            entry(pid, items[1], same, judged[1]) as new,
+        ):
+            old = (up, os.fsencode(os.path.basename(src.path)))
+            err = self.opener.rename_refusal(pid, old, new, 0, same, link=True)
+            if err:
+                raise OSError(err, os.strerror(err))  # Landlock's answer
+            with self.opener.taken_on(who):
+                os.link(f"/proc/self/fd/{src.fd}", new[1], dst_dir_fd=new[0])
         sup.listener.succeed(note.id, 0)
 
     def _rename(
@@ -550,28 +520,17 @@ class Monitor:
         pid = note.pid
         flags = note.args[4] & 0xFFFFFFFF if note.nr == _NR_RENAMEAT2 else 0
         who = self._who(pid)
-        old, old_name = open_parent(pid, items[0], same)
-        assert old.fd is not None
-        try:
-            new, new_name = open_parent(pid, items[1], same)
-            assert new.fd is not None
-            try:
-                here = [_join(old.path, old_name), _join(new.path, new_name)]
-                if here != judged:
-                    raise OSError(errno.EACCES, "a directory changed during the check")
-                if flags & grants.RENAME_NOREPLACE and _exists(new.fd, new_name):
-                    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-                err = self.opener.rename_refusal(
-                    pid, (old.fd, old_name), (new.fd, new_name), flags, same
-                )
-                if err:
-                    raise OSError(err, os.strerror(err))  # Landlock's answer
-                with self.opener.taken_on(who):
-                    renameat2(old.fd, old_name, new.fd, new_name, flags)
-            finally:
-                os.close(new.fd)
-        finally:
-            os.close(old.fd)
+        with (
+            entry(pid, items[0], same, judged[0]) as old,
+            entry(pid, items[1], same, judged[1]) as new,
+        ):
+            if flags & grants.RENAME_NOREPLACE and _exists(*new):
+                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+            err = self.opener.rename_refusal(pid, old, new, flags, same)
+            if err:
+                raise OSError(err, os.strerror(err))  # Landlock's answer
+            with self.opener.taken_on(who):
+                renameat2(*old, *new, flags)
         sup.listener.succeed(note.id, 0)
 
     def _delete_refusal(self, item: Item, target: Target) -> Verdict:
@@ -618,21 +577,15 @@ class Monitor:
         swap another path in after the check. ``soft``: move the entry into the trash
         (:meth:`_stash`) instead of removing it as the process."""
         who = self._who(note.pid)
-        up, name = open_parent(note.pid, item, same)
-        assert up.fd is not None
         rmdir = item.ops[0] == "rmdir"
-        try:
-            if _join(up.path, name) != target.path:
-                raise OSError(errno.EACCES, "the directory changed during the check")
-            if not self.opener.removable(note.pid, up.fd, directory=rmdir, same=same):
+        with entry(note.pid, item, same, target.path) as (dirfd, name):
+            if not self.opener.removable(note.pid, dirfd, directory=rmdir, same=same):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
             if soft:
-                self._stash(sup, note, item, target, entry=(up.fd, name), who=who)
+                self._stash(sup, note, item, target, where=(dirfd, name), who=who)
                 return
             with self.opener.taken_on(who):
-                (os.rmdir if rmdir else os.unlink)(name, dir_fd=up.fd)
-        finally:
-            os.close(up.fd)
+                (os.rmdir if rmdir else os.unlink)(name, dir_fd=dirfd)
         sup.listener.succeed(note.id, 0)
 
     def _stash(
@@ -642,10 +595,10 @@ class Monitor:
         item: Item,
         target: Target,
         *,
-        entry: tuple[int, bytes],
+        where: tuple[int, bytes],
         who: identity.Identity | None,
     ) -> None:
-        """Move ``entry`` (directory fd, name) into the trash and answer 0. A process
+        """Move ``where`` (directory fd, name) into the trash and answer 0. A process
         whose credentials differ from the supervisor's must have been allowed the delete
         itself (:meth:`_may_delete`); the move is the supervisor's."""
         from agentsh.enforce.trash import StashError, Trash  # see __init__
@@ -653,7 +606,7 @@ class Monitor:
         if self._trash is None:
             assert self.trash_root is not None
             self._trash = Trash(Path(self.trash_root))
-        dirfd, name = entry
+        dirfd, name = where
         if who is not None:
             self._may_delete(dirfd, name, who)
         here = f"/proc/self/fd/{dirfd}/{os.fsdecode(name)}"
@@ -810,9 +763,3 @@ def _event(
         time.time(), sup.session, tid, tracee.cwd(tid), (what,), decision, rule, message,
         "file", "file",
     )  # fmt: skip
-
-
-def _tgid(status: bytes, tid: int) -> int:
-    """``Tgid:`` of a status text (``tid`` when it cannot be read)."""
-    m = re.search(rb"^Tgid:\s*(\d+)", status, re.MULTILINE)
-    return int(m.group(1)) if m else tid

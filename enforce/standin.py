@@ -56,7 +56,6 @@ from agentsh.enforce.identity import Identity
 from agentsh.enforce.landlock import Ruleset
 
 O_NOCTTY: Final = os.O_NOCTTY
-AT_FDCWD: Final = filecalls.AT_FDCWD
 WAITING_MAX: Final = 16  # opens finished by threads of their own (Opener._later)
 # Flags of the caller's open that the reopen of the checked file drops: it exists.
 _REOPEN_DROP: Final = filemon.O_NOFOLLOW | filemon.O_CREAT | filemon.O_EXCL
@@ -248,28 +247,24 @@ class Opener:
 
     def permitted(self, tid: int, target: Target, flags: int, same: bool | None) -> bool:
         """Landlock would let ``tid`` make this open of ``target`` (to be created when
-        its stat is None): :func:`landlock_needs`, asked of ``enforce.grants`` from the
-        directory it is in. Always, without Landlock or for what is not a path (a pipe
-        or socket reached through /proc/PID/fd)."""
-        if self.grants is None or not target.path.startswith("/") or target.path == "/":
-            return True
+        its stat is None): :func:`landlock_needs`, asked by :meth:`granted`."""
         st = target.st
         directory = st is not None and _stat.S_ISDIR(st.st_mode)
         need = landlock_needs(flags, exists=st is not None, directory=directory)
         return self.granted(tid, target, need, same)
 
     def granted(self, tid: int, target: Target, need: int, same: bool | None) -> bool:
-        """Landlock grants ``tid`` the rights ``need`` on ``target`` (asked from the
-        directory it is in). Always without Landlock, or for what is not a path."""
-        if self.grants is None or not target.path.startswith("/") or target.path == "/":
+        """Landlock grants ``tid`` the rights ``need`` on ``target``: the rules on it (a
+        directory's own, or a file's file rights) and above it. Always without
+        Landlock, or for what is not a path."""
+        if self.grants is None or not target.path.startswith("/"):
             return True
-        parent = os.path.dirname(target.path)
-        up = filecalls.open_path(tid, AT_FDCWD, os.fsencode(parent), follow=True, same=same)
-        assert up.fd is not None
-        try:
-            return self._allows(tid, up.fd, target.st, need, same)
-        finally:
-            os.close(up.fd)
+        st = target.st
+        if st is not None and _stat.S_ISDIR(st.st_mode):  # its own rules count too
+            with filecalls.directory(tid, target.path, same) as itself:
+                return self._allows(tid, itself, None, need, same)
+        with filecalls.directory(tid, os.path.dirname(target.path), same) as up:
+            return self._allows(tid, up, st, need, same)
 
     def allows_in(self, tid: int, directory: int, need: int, same: bool | None) -> bool:
         """Landlock grants ``tid`` the rights ``need`` in ``directory`` (an fd)."""
@@ -327,21 +322,16 @@ class Opener:
         policy judged."""
         nid, tid = note.id, note.pid
         parent, name = os.path.split(target.path)
-        up = filecalls.open_path(tid, AT_FDCWD, os.fsencode(parent), follow=True, same=same)
-        assert up.fd is not None
         flags = call.flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            if up.path != parent:
-                raise OSError(errno.EACCES, "the directory changed during the check")
-            if not self._allows(tid, up.fd, None, landlock_needs(flags, exists=False), same):
-                raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
-            with self.umask_of(status), self.taken_on(who):
-                src = os.open(name, flags, call.mode, dir_fd=up.fd)
+            with filecalls.directory(tid, parent, same) as up:
+                if not self._allows(tid, up, None, landlock_needs(flags, exists=False), same):
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's
+                with self.umask_of(status), self.taken_on(who):
+                    src = os.open(name, flags, call.mode, dir_fd=up)
         except OSError as err:
             listener.fail(nid, err.errno or errno.EACCES)
             return
-        finally:
-            os.close(up.fd)
         _hand_over(listener, nid, src, call.flags)
 
     def taken_on(self, who: Identity | None) -> contextlib.AbstractContextManager[None]:
@@ -399,9 +389,10 @@ class Opener:
             try:
                 with self.taken_on(how.who):  # credentials are per thread: here too
                     src = os.open(path, how.flags)
-            except OSError as err:
+            except Exception as err:  # noqa: BLE001 — the caller waits for an answer
+                code = err.errno if isinstance(err, OSError) and err.errno else errno.EACCES
                 with contextlib.suppress(OSError):
-                    listener.fail(nid, err.errno or errno.EACCES)
+                    listener.fail(nid, code)
             else:
                 _hand_over(listener, nid, src, flags)
             finally:

@@ -222,7 +222,12 @@ def fd_target_pid(tid: int, fd: int) -> int | None:
 
 def tgid(tid: int) -> int:
     """The process a thread belongs to (``Tgid:`` in status); ``tid`` if unknown."""
-    return _field(read_proc(b"/proc/%d/status" % tid), b"Tgid:") or tid
+    return tgid_of(read_proc(b"/proc/%d/status" % tid), tid)
+
+
+def tgid_of(status: bytes | None, tid: int) -> int:
+    """:func:`tgid` from a status text already read."""
+    return _field(status, b"Tgid:") or tid
 
 
 def _field(raw: bytes | None, name: bytes) -> int | None:

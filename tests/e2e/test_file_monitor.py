@@ -618,6 +618,15 @@ def test_reads_landlock_narrows_stay_narrow_when_the_supervisor_opens(kit: Kit, 
         assert "Permission denied" in result["err"], result["err"]
 
 
+@pytest.mark.parametrize("mode", ["notify", "notify+narrow"])
+def test_a_directory_is_listed_by_its_own_read_rule(kit: Kit, mode: str) -> None:
+    """/usr is readable by a rule on /usr itself, / by none once reads are narrowed:
+    listing a directory asks the rules on it, not only those above it."""
+    result = Runner(kit, mode).run("ls /usr | grep -cx bin; ls / >/dev/null; echo root=$?")
+    assert result["out"].startswith("1\n"), result
+    assert result["out"].endswith("root=0\n" if mode == "notify" else "root=2\n"), result
+
+
 def test_audit_only_mode_records_instead_of_refusing(kit: Kit) -> None:
     runner = Runner(kit, "notify", filemon.MonitorConfig(enforce=False))
     result = runner.run("cat {h}/.aws/credentials")
