@@ -8,8 +8,9 @@ once against the same file. Hence:
 - ``busy_timeout``: a writer that finds the store locked waits instead of failing, so
   concurrent bashes never see "database is locked" (tested: 20 processes x 20 events);
 - each ``record`` is one autocommit INSERT, i.e. a write transaction from its first
-  statement — never a read upgraded to a write, the one case where SQLite returns BUSY
-  without calling the busy handler;
+  statement — never a read upgraded to a write, the case where SQLite returns BUSY
+  without calling the busy handler. Switching a new file to WAL is such an upgrade, so
+  opening the store tries again itself, for the same timeout;
 - ``synchronous=NORMAL``: no fsync per commit (the WAL is synced at checkpoint); a power
   cut may lose the last events but never corrupts the store. Measured on this VM: open +
   2 records + close 2.5–3 ms alone (FULL, DELETE and TRUNCATE journals: the same within
@@ -30,6 +31,7 @@ import errno
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -281,11 +283,14 @@ def _unavailable(path: Path, err: Exception) -> AuditUnavailable:
 def _create_file(path: Path) -> None:
     """Create ``path`` 0600 (and its parent 0700) unless it exists. open(2), fchmod(2)."""
     parent = path.parent
-    if not parent.is_dir():
-        if parent.exists():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # mkdir first: a check before it races with another process creating it
+        parent.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    else:
         os.chmod(parent, 0o700)  # mkdir's mode is masked by the umask
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o600)
@@ -327,11 +332,34 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     )
 
 
+def _prepare_waiting(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """``_prepare``, tried again for up to ``timeout`` seconds while SQLite answers BUSY.
+
+    Switching a new file to WAL upgrades a read of its header to a write, and SQLite
+    answers BUSY to that upgrade at once, without its busy handler, while another
+    process holds the store (it is creating the schema, or recording). Trying again
+    rereads the schema version, so once the other process has created it there is
+    nothing left to do."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            _prepare(conn, path)
+            return
+        except sqlite3.OperationalError as err:
+            busy = err.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
-    # WAL needs no transaction open and persists in the file; it waits on busy_timeout
-    # like any other lock. The schema is then created under BEGIN IMMEDIATE, which takes
-    # the write lock first, so two processes creating the same new store serialise and
-    # the second sees user_version already set.
+    # WAL needs no transaction open and persists in the file; while another process
+    # holds the store it fails BUSY at once (``_prepare_waiting`` tries again). The
+    # schema is then created under BEGIN IMMEDIATE, which takes the write lock first,
+    # so two processes creating the same new store serialise and the second sees
+    # user_version already set.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -381,7 +409,7 @@ def open_store(
         raise _unavailable(path, err) from err
     try:
         conn.execute("PRAGMA synchronous=NORMAL")
-        _prepare(conn, path)
+        _prepare_waiting(conn, path, timeout)
     except (OSError, sqlite3.Error) as err:
         conn.close()
         raise _unavailable(path, err) from err

@@ -7,6 +7,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -249,6 +250,46 @@ def test_locked_too_long_is_audit_unavailable(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 0.15  # it waited for the lock first
         assert "again" in (err.value.hint or "")
         s.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def _hold_new_file(path: Path) -> sqlite3.Connection:
+    """Another process in the middle of switching a new, empty store to WAL: it holds
+    the write lock of the rollback journal (the state two first commands meet in)."""
+    path.touch(mode=0o600)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_new_store_waits_while_another_process_creates_it(tmp_path: Path) -> None:
+    # SQLite answers BUSY at once, without waiting, to a WAL switch in this state.
+    path = tmp_path / "a.db"
+    holder = _hold_new_file(path)
+    releaser = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    releaser.start()
+    try:
+        started = time.monotonic()
+        with open_store(path, timeout=5) as s:
+            assert time.monotonic() - started >= 0.25
+            s.record(ev())
+            assert len(s.query()) == 1
+    finally:
+        releaser.join()
+        holder.close()
+
+
+def test_new_store_locked_too_long_is_audit_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    holder = _hold_new_file(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(AuditUnavailable, match="locked") as err:
+            open_store(path, timeout=0.3)
+        assert 0.25 <= time.monotonic() - started < 2
+        assert "again" in (err.value.hint or "")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
