@@ -25,16 +25,11 @@ For each call, in this order:
      supervisor's; an open that may write is put to the tree's Landlock rules first,
      ``enforce.grants``, and a new file is created in the directory checked, with the
      process's umask), and inject the file (SECCOMP_IOCTL_NOTIF_ADDFD with SEND: the fd
-     is the syscall's result, so no path is looked up again); or, for an unlink/rmdir a
-     ``soft_delete`` rule decides when the plan names a trash store, move the entry there
-     (``enforce.trash``) through the directory fd just checked and answer 0; for any
-     other allowed unlink/rmdir, remove the entry checked through that fd — for an
-     allowed rename/renameat/renameat2, rename through the two directory fds checked; for
-     an allowed link/linkat, give the object checked its new name in the directory
-     checked; for mkdir, symlink, truncate, chmod and chown, act on the directory or
-     object checked (``enforce.metacalls``) — as the process and as Landlock would allow
-     it, and answer as the kernel did. With ``openat_emulation`` off, every allowed call
-     is CONTINUEd.
+     is the syscall's result, so no path is looked up again); or, for an allowed
+     unlink/rmdir, rename, link, mkdir, symlink, truncate, chmod or chown, carry it out
+     on the entries checked (``enforce.pathcalls``; a ``soft_delete`` moves the entry
+     into the trash) and answer as the kernel did. With ``openat_emulation`` off, every
+     allowed call is CONTINUEd.
 
 CONTINUE leaves a time-of-check/time-of-use window (seccomp_unotify(2)): another thread
 can rewrite the path, or a symlink can be swapped, between the check and the kernel's own
@@ -53,61 +48,35 @@ import contextlib
 import errno
 import os
 import re
-import shlex
 import signal
 import stat as _stat
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import (
-    audit,
-    engine,
-    filemon,
-    grants,
-    identity,
-    metacalls,
-    seccomp,
-    standin,
-    terminals,
-    tracee,
-)
+from agentsh.enforce import engine, filemon, identity, seccomp, standin, terminals, tracee
+from agentsh.enforce.callers import Callers
 from agentsh.enforce.filecalls import (
     LINKED,
     RESOLVE_IN_ROOT,
-    Item,
     OpenCall,
     Refused,
     Target,
-    cred_lines,
-    credentials,
-    directory,
-    entry,
-    held,
     open_call,
     path_items,
     protected_inodes,
-    renameat2,
     resolve,
     resolve_open,
 )
+from agentsh.enforce.pathcalls import PathCalls, event, under
 from agentsh.enforce.policy import Decision, FileRule, Policy, Verdict
 
 if TYPE_CHECKING:
     from agentsh.enforce.supervisor import Supervisor
-    from agentsh.enforce.trash import Trash
 
 CACHE_MAX: Final = 65536
-STATUS_FDS_MAX: Final = 512
-_CAP_FOWNER: Final = 3
-_DELETES: Final = frozenset(filemon.FAMILIES["delete"][1])  # unlink, rmdir, unlinkat
 # Calls that can move or remove a directory: rmdir, the renames (and unlinkat with
 # AT_REMOVEDIR, checked by flag).
 _MOVES: Final = frozenset({84, *filemon.FAMILIES["rename"][1]})
 _NR_UNLINKAT, _AT_REMOVEDIR = 263, 0x200
-_RENAMES: Final = frozenset(filemon.FAMILIES["rename"][1])  # rename, renameat, renameat2
-_NR_RENAMEAT2: Final = 316
-_LINKS: Final = frozenset(filemon.FAMILIES["link"][1])  # link, linkat
 
 
 # --------------------------------------------------------------------------- deciding
@@ -187,11 +156,9 @@ class Monitor:
         self.verdicts: dict[tuple[str, str], Verdict] = {}
         self.rules = FastRules(plan.policy)
         self.inodes = protected_inodes(plan.policy)
-        self.creds = credentials("self")
+        self.callers = Callers()
         self.opener = standin.Opener(plan.landlock)
-        self.trash_root = plan.trash  # opened at the first soft delete (enforce.trash
-        self._trash: Trash | None = None  # imports hashlib & co.: off every start's path)
-        self.status_fds: dict[int, int] = {}  # tid -> its /proc/TID/status (see _credentials)
+        self.paths = PathCalls(plan, self.opener, self.callers)
         self.terminals: terminals.Ownership | None = None  # at the first /dev/pts open
 
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
@@ -288,10 +255,8 @@ class Monitor:
         domain); a file to create is created in the directory checked, with the
         caller's umask."""
         tid, flags = note.pid, call.flags
-        raw = self._status(tid)
-        if raw is None:
-            raise Refused("file-identity", "the process's credentials could not be read")
-        who = self._who(tid, raw)
+        raw = self.callers.status(tid)
+        who = self.callers.who(tid, raw)
         writes = filemon.writes(flags)
         if writes and target.st is not None and flags & filemon.O_CREAT and flags & filemon.O_EXCL:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
@@ -318,53 +283,6 @@ class Monitor:
             self._refuse(sup, note, target.path, Verdict(Decision.DENY, how.rule, how.why))
         else:
             sup.listener.fail(note.id, how.err)
-
-    def _who(self, tid: int, raw: bytes | None = None) -> identity.Identity | None:
-        """None when ``tid`` has the supervisor's credentials, else its identity (from
-        its status text ``raw`` when the caller has it).
-
-        Raises:
-            Refused: the process's credentials cannot be read.
-        """
-        raw = raw if raw is not None else self._status(tid)
-        if raw is None:
-            raise Refused("file-identity", "the process's credentials could not be read")
-        return None if cred_lines(raw) == self.creds else identity.of(raw, tid)
-
-    def _credentials(self, tid: int) -> tuple[bytes, ...] | None:
-        """:func:`credentials` of a tracee (:meth:`_status`)."""
-        raw = self._status(tid)
-        return None if raw is None else cred_lines(raw)
-
-    def _status(self, tid: int) -> bytes | None:
-        """``/proc/TID/status`` of a tracee, from an fd kept per thread: pread
-        regenerates it, and the fd pins that very task (once it is gone, reads fail with
-        ESRCH, so a reused thread id gets a fresh fd), so it never describes another."""
-        fd = self.status_fds.get(tid)
-        for _ in range(2):
-            if fd is None:
-                if len(self.status_fds) >= STATUS_FDS_MAX:
-                    self._close_status_fds()
-                try:
-                    fd = self.status_fds[tid] = os.open(
-                        f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC
-                    )
-                except OSError:
-                    return None
-            try:
-                raw = os.pread(fd, 4096, 0)
-            except OSError:
-                raw = b""
-            if raw:
-                return raw
-            os.close(self.status_fds.pop(tid))
-            fd = None
-        return None
-
-    def _close_status_fds(self) -> None:
-        for fd in self.status_fds.values():
-            os.close(fd)
-        self.status_fds.clear()
 
     def checks_exit(self, tid: int) -> bool:
         """The transport must stop ``tid`` at the exit of the open just allowed."""
@@ -396,8 +314,9 @@ class Monitor:
         why = "the file changed between the check and the open; the process was killed: "
         why += verdict.message
         sup.tell(tid, f"agentsh: blocked by policy: {what} (rule {verdict.rule}): {why}")
-        event = _event(sup, tid, what, decision="deny", rule=verdict.rule, message=why)
-        sup.record(event, urgent=True)
+        sup.record(
+            event(sup, tid, what, decision="deny", rule=verdict.rule, message=why), urgent=True
+        )
 
     # ------------------------------------------------------------------ other calls
 
@@ -415,7 +334,7 @@ class Monitor:
             verdict = self.judge(item.ops, target, write=item.ops != LINKED, tid=note.pid)
             if item.source:
                 verdict = engine.stricter(verdict, self._shield(target.path))
-            verdict = engine.stricter(verdict, self._delete_refusal(item, target))
+            verdict = engine.stricter(verdict, self.paths.refusal(item, target))
             what = f"{item.ops[0]} {target.path}"
             if not verdict.allowed and item.ops == ("mkdir",) and target.st is not None:
                 # mkdir of what exists fails with EEXIST whatever the policy says: say so,
@@ -424,225 +343,10 @@ class Monitor:
                 return
             if not self._allowed(sup, note, what, verdict):
                 return
-            if self._soft(item, verdict):
-                self._delete(sup, note, item, target, same, soft=True)
+            if self.paths.soft(item, verdict):
+                self.paths.delete(sup, note, item, target, same, soft=True)
                 return
-        self._carry_out(sup, note, items, (judged, target), same)
-
-    def _carry_out(
-        self,
-        sup: Supervisor,
-        note: seccomp.Notification,
-        items: list[Item],
-        checked: tuple[list[str], Target],
-        same: bool | None,
-    ) -> None:
-        """Carry out an allowed unlink/rmdir, rename or link in the supervisor (each
-        item's canonical path was ``checked[0]``; ``checked[1]`` the last target); the
-        other calls, or all with ``openat_emulation`` off, CONTINUE."""
-        judged, target = checked
-        nr = note.nr
-        if not self.plan.emulate:
-            sup.listener.allow(note.id)
-        elif nr in _DELETES and len(items) == 1:
-            self._delete(sup, note, items[0], target, same, soft=False)
-        elif nr in _RENAMES and len(items) == 2:
-            self._rename(sup, note, items, judged, same)
-        elif nr in _LINKS and len(items) == 2:
-            self._link(sup, note, items, judged, same)
-        elif nr in metacalls.MAKES or nr in metacalls.CHANGES:
-            self._meta(sup, note, items[0], judged[0], same)
-        else:
-            sup.listener.allow(note.id)
-
-    def _meta(
-        self,
-        sup: Supervisor,
-        note: seccomp.Notification,
-        item: Item,
-        judged: str,
-        same: bool | None,
-    ) -> None:
-        """Carry out an allowed mkdir, symlink, truncate, chmod or chown on the entry
-        checked (``enforce.metacalls``), then answer as the kernel did."""
-        pid, call = note.pid, (note.nr, note.args)
-        raw = self._status(pid)
-        if raw is None:
-            raise Refused("file-identity", "the process's credentials could not be read")
-        who = self._who(pid, raw)
-        if note.nr in metacalls.MAKES:
-            with entry(pid, item, same, judged) as made:
-                metacalls.make(self.opener, pid, call, made, who=who, status=raw, same=same)
-        else:
-            with held(pid, item, same, judged) as target:
-                metacalls.change(self.opener, pid, call, target, who=who, same=same)
-        sup.listener.succeed(note.id, 0)
-
-    def _link(
-        self,
-        sup: Supervisor,
-        note: seccomp.Notification,
-        items: list[Item],
-        judged: list[str],
-        same: bool | None,
-    ) -> None:
-        """Carry out an allowed link/linkat: the object checked (held by an O_PATH fd)
-        gets its new name in the directory checked, through /proc/self/fd with
-        AT_SYMLINK_FOLLOW (which needs no capability, unlike AT_EMPTY_PATH), as the
-        process and as Landlock would allow it; then answer as the kernel did."""
-        pid = note.pid
-        who = self._who(pid)
-        with (
-            held(pid, items[0], same, judged[0]) as src,
-            directory(pid, os.path.dirname(src.path), same) as up,
-            entry(pid, items[1], same, judged[1]) as new,
-        ):
-            old = (up, os.fsencode(os.path.basename(src.path)))
-            err = self.opener.rename_refusal(pid, old, new, 0, same, link=True)
-            if err:
-                raise OSError(err, os.strerror(err))  # Landlock's answer
-            with self.opener.taken_on(who):
-                os.link(f"/proc/self/fd/{src.fd}", new[1], dst_dir_fd=new[0])
-        sup.listener.succeed(note.id, 0)
-
-    def _rename(
-        self,
-        sup: Supervisor,
-        note: seccomp.Notification,
-        items: list[Item],
-        judged: list[str],
-        same: bool | None,
-    ) -> None:
-        """Carry out an allowed rename/renameat/renameat2 on the entries checked, through
-        the directory fds resolved now (their canonical paths must still be the ones
-        judged), as the process and as Landlock would allow it
-        (``grants.rename_refusal``), then answer as the kernel did."""
-        pid = note.pid
-        flags = note.args[4] & 0xFFFFFFFF if note.nr == _NR_RENAMEAT2 else 0
-        who = self._who(pid)
-        with (
-            entry(pid, items[0], same, judged[0]) as old,
-            entry(pid, items[1], same, judged[1]) as new,
-        ):
-            if flags & grants.RENAME_NOREPLACE and _exists(*new):
-                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-            err = self.opener.rename_refusal(pid, old, new, flags, same)
-            if err:
-                raise OSError(err, os.strerror(err))  # Landlock's answer
-            with self.opener.taken_on(who):
-                renameat2(*old, *new, flags)
-        sup.listener.succeed(note.id, 0)
-
-    def _delete_refusal(self, item: Item, target: Target) -> Verdict:
-        """DENY for a delete (or a rename over an entry) in a ``refuse_deletes`` tree;
-        AUDIT for one in an ``audit_deletes`` tree."""
-        ops = item.ops
-        replacing = ops == ("rename",) and not item.source and target.st is not None
-        deleting = ops[0] in ("delete", "rmdir") or replacing
-        if not deleting:
-            return _ALLOWED
-        if any(_under(target.path, t) for t in self.plan.audit_deletes):
-            why = "soft delete is not available here (no FUSE): the delete is real"
-            return Verdict(Decision.AUDIT, "soft-delete-unavailable", why, target.path)
-        tree = next((t for t in self.plan.refuse_deletes if _under(target.path, t)), None)
-        if tree is None:
-            return _ALLOWED
-        why = (
-            f"deletes in {tree} must be recoverable, but the soft-delete view (FUSE) is "
-            "not available here; ask the operator, or keep the file"
-        )
-        return Verdict(Decision.DENY, "soft-delete-unavailable", why, target.path)
-
-    def _soft(self, item: Item, verdict: Verdict) -> bool:
-        return (
-            self.trash_root is not None
-            and verdict.decision is Decision.SOFT_DELETE
-            and item.ops[0] in ("delete", "rmdir")
-        )
-
-    def _delete(
-        self,
-        sup: Supervisor,
-        note: seccomp.Notification,
-        item: Item,
-        target: Target,
-        same: bool | None,
-        *,
-        soft: bool,
-    ) -> None:
-        """Carry out an allowed unlink/rmdir on the entry checked, through the directory
-        fd resolved now (its canonical path must still be the one judged: else a swapped
-        directory is refused) and within the tree's Landlock rules (``enforce.grants``),
-        then answer as the kernel did — the syscall never runs, so a racing thread cannot
-        swap another path in after the check. ``soft``: move the entry into the trash
-        (:meth:`_stash`) instead of removing it as the process."""
-        who = self._who(note.pid)
-        rmdir = item.ops[0] == "rmdir"
-        with entry(note.pid, item, same, target.path) as (dirfd, name):
-            if not self.opener.removable(note.pid, dirfd, directory=rmdir, same=same):
-                raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # Landlock's answer
-            if soft:
-                self._stash(sup, note, item, target, where=(dirfd, name), who=who)
-                return
-            with self.opener.taken_on(who):
-                (os.rmdir if rmdir else os.unlink)(name, dir_fd=dirfd)
-        sup.listener.succeed(note.id, 0)
-
-    def _stash(
-        self,
-        sup: Supervisor,
-        note: seccomp.Notification,
-        item: Item,
-        target: Target,
-        *,
-        where: tuple[int, bytes],
-        who: identity.Identity | None,
-    ) -> None:
-        """Move ``where`` (directory fd, name) into the trash and answer 0. A process
-        whose credentials differ from the supervisor's must have been allowed the delete
-        itself (:meth:`_may_delete`); the move is the supervisor's."""
-        from agentsh.enforce.trash import StashError, Trash  # see __init__
-
-        if self._trash is None:
-            assert self.trash_root is not None
-            self._trash = Trash(Path(self.trash_root))
-        dirfd, name = where
-        if who is not None:
-            self._may_delete(dirfd, name, who)
-        here = f"/proc/self/fd/{dirfd}/{os.fsdecode(name)}"
-        if item.ops[0] == "rmdir" and any(os.scandir(here)):
-            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
-        try:
-            token = self._trash.stash(
-                here,
-                session=sup.session,
-                command=_cmdline(note.pid),
-                original=target.path,
-                batch=f"{sup.session}-{tracee.tgid(note.pid)}",
-            )
-        except StashError as err:
-            sup.listener.fail(note.id, err.code)
-            return
-        why = f"moved {target.path} to the trash; restore with `agentsh trash restore {token}`"
-        what = f"{item.ops[0]} {target.path}"
-        sup.record(_event(sup, note.pid, what, decision="soft_delete", rule=None, message=why))
-        sup.listener.succeed(note.id, 0)
-
-    def _may_delete(self, dirfd: int, name: bytes, who: identity.Identity) -> None:
-        """Raise what unlink(2)/rmdir(2) of ``name`` in ``dirfd`` would for ``who`` on
-        permission grounds (path_resolution(7)): write and search permission on the
-        directory, as ``who`` (faccessat(2) with AT_EACCESS checks the file system ids
-        and capabilities taken on), and the sticky bit (only the entry's or the
-        directory's owner, or CAP_FOWNER)."""
-        with self.opener.taken_on(who):
-            allowed = os.access(f"/proc/self/fd/{dirfd}", os.W_OK | os.X_OK, effective_ids=True)
-        if not allowed:
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
-        up = os.fstat(dirfd)
-        if up.st_mode & _stat.S_ISVTX and not who.caps & (1 << _CAP_FOWNER):
-            entry = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            if who.fsuid not in (entry.st_uid, up.st_uid):
-                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        self.paths.carry_out(sup, note, items, (judged, target), same)
 
     def _shield(self, path: str) -> Verdict:
         rule = filemon.shields(self.plan.policy, path) if path.startswith("/") else None
@@ -676,7 +380,7 @@ class Monitor:
             twin = self.inodes.get((st.st_dev, st.st_ino))
             names += [twin] if twin is not None and twin != path else []
         verdicts = [self.check(op, name) for op in ops for name in names]
-        if write and any(_under(path, p) for p in self.plan.protected):
+        if write and any(under(path, p) for p in self.plan.protected):
             why = f"{path} is agentsh's own state and cannot be changed from a governed shell"
             verdicts.append(Verdict(Decision.DENY, "agentsh-state", why, path))
         verdict = verdicts[0]
@@ -696,7 +400,7 @@ class Monitor:
         if verdict.allowed or not self.plan.enforce:
             message = verdict.message if verdict.allowed else f"not enforced: {verdict.message}"
             sup.record(
-                _event(sup, note.pid, what, decision="audit", rule=verdict.rule, message=message)
+                event(sup, note.pid, what, decision="audit", rule=verdict.rule, message=message)
             )
             return True
         self._refuse(sup, note, what, verdict)
@@ -706,18 +410,10 @@ class Monitor:
         rule = v.rule or "default-deny"
         sup.tell(note.pid, f"agentsh: blocked by policy: {what} (rule {rule}): {v.message}")
         sup.record(
-            _event(sup, note.pid, what, decision="deny", rule=v.rule, message=v.message),
+            event(sup, note.pid, what, decision="deny", rule=v.rule, message=v.message),
             urgent=True,
         )
         sup.listener.fail(note.id, errno.EACCES)
-
-
-def _exists(dirfd: int, name: bytes) -> bool:
-    try:
-        os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _relieved(
@@ -741,25 +437,3 @@ def _proc_self(path: str, tid: int) -> str:
     if path == own or path.startswith(own + "/"):
         return "/proc/self" + path[len(own) :]
     return path
-
-
-def _join(parent: str, name: bytes) -> str:
-    return parent.rstrip("/") + "/" + os.fsdecode(name)
-
-
-def _cmdline(tid: int) -> str:
-    raw = tracee.read_proc(b"/proc/%d/cmdline" % tid) or b""
-    return shlex.join(os.fsdecode(a) for a in raw.split(b"\0")[:-1]) or f"pid {tid}"
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _event(
-    sup: Supervisor, tid: int, what: str, *, decision: str, rule: str | None, message: str
-) -> audit.Event:
-    return audit.Event(
-        time.time(), sup.session, tid, tracee.cwd(tid), (what,), decision, rule, message,
-        "file", "file",
-    )  # fmt: skip

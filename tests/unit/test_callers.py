@@ -1,0 +1,71 @@
+"""enforce.callers: whose credentials a trapped call carries out file calls with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agentsh.enforce import callers
+from agentsh.enforce.callers import Callers
+from agentsh.enforce.filecalls import Refused
+
+
+def test_a_thread_with_the_supervisors_credentials_is_nobody_to_take_on() -> None:
+    assert Callers().who(os.getpid()) is None
+
+
+def test_a_process_with_other_ids_is_taken_on_as_itself() -> None:
+    code = (
+        "import os, sys; os.setgroups([]); os.setresgid(4321, 4321, 4321); "
+        "os.setresuid(1234, 1234, 1234); print('ready', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        who = Callers().who(child.pid)
+        assert who is not None
+        assert (who.fsuid, who.fsgid, who.groups, who.caps) == (1234, 4321, (), 0)
+    finally:
+        child.communicate("")
+
+
+def test_a_gone_thread_is_refused_and_its_reused_id_never_read_through_the_old_fd() -> None:
+    c = Callers()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    pid = child.pid
+    c.status(pid)
+    kept = c.fds[pid]
+    assert _points_at(kept, f"/proc/{pid}/status")
+    child.wait()
+    with pytest.raises(Refused, match="credentials could not be read"):
+        c.status(pid)
+    assert pid not in c.fds
+    assert not _points_at(kept, f"/proc/{pid}/status")  # closed, not left open
+
+
+def _points_at(fd: int, path: str) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == path
+    except FileNotFoundError:
+        return False
+
+
+def test_the_kept_fds_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(callers, "STATUS_FDS_MAX", 2)
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        c = Callers()
+        for p in sleepers:
+            assert b"State:" in c.status(p.pid)
+            assert len(c.fds) <= 2
+        assert sleepers[-1].pid in c.fds
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
