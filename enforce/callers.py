@@ -23,6 +23,7 @@ class Callers:
 
     def __init__(self) -> None:
         self.mine = credentials("self")
+        self.userns = _userns("self")
         self.fds: dict[int, int] = {}  # tid -> its /proc/TID/status
 
     def status(self, tid: int) -> bytes:
@@ -54,14 +55,28 @@ class Callers:
         """None when ``tid`` has the supervisor's credentials, else its identity (from
         its status text ``raw`` when the caller has it).
 
+        The same credentials means the same status lines *and* the same user namespace:
+        a thread in a namespace of its own shows its ids as we see them but its
+        capabilities as it holds them there (unshare(CLONE_NEWUSER) gives it all of
+        them), which do not reach our files (``identity.of`` takes it on with none).
+
         Raises:
             Refused: the thread's credentials cannot be read.
+            OSError: the thread is gone.
         """
         raw = raw if raw is not None else self.status(tid)
-        return None if cred_lines(raw) == self.mine else identity.of(raw, tid)
+        if cred_lines(raw) == self.mine and _userns(tid) == self.userns:
+            return None
+        return identity.of(raw, tid)
 
     def close(self) -> None:
         """Close every status fd kept (they are opened again as needed)."""
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+def _userns(tid: int | str) -> tuple[int, int]:
+    """The user namespace thread ``tid`` lives in (device and inode of its link)."""
+    st = os.stat(f"/proc/{tid}/ns/user")
+    return st.st_dev, st.st_ino

@@ -12,6 +12,7 @@ content and leave a deny event naming the rule; ordinary work in the workspace a
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import json
@@ -603,6 +604,68 @@ def test_the_same_race_wins_when_the_kernel_opens_the_path(kit: Kit, race: str) 
         if leaked:
             break
     assert leaked, result["out"]
+
+
+# In a user namespace of its own (no capabilities over our files), with exactly the
+# capabilities it had before, so its status lines read like the supervisor's. No braces:
+# scripts go through Kit.fmt.
+PY_USERNS = r"""
+import ctypes, re, sys
+libc = ctypes.CDLL(None, use_errno=True)
+status = open("/proc/self/status").read()
+prm, eff = (int(re.search(k + r":\s*(\w+)", status).group(1), 16) for k in ("CapPrm", "CapEff"))
+if libc.unshare(0x10000000):
+    sys.exit("unshare: errno %d" % ctypes.get_errno())
+class Head(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
+data = (Data * 2)()
+for i in (0, 1):
+    data[i].eff, data[i].prm = (eff >> 32 * i) & 0xFFFFFFFF, (prm >> 32 * i) & 0xFFFFFFFF
+if libc.capset(ctypes.byref(Head(0x20080522, 0)), data):
+    sys.exit("capset: errno %d" % ctypes.get_errno())
+for path in sys.argv[1:]:
+    try:
+        with open(path) as f:
+            print(path, "read", f.read().strip())
+    except OSError as err:
+        print(path, "refused", err.errno)
+"""
+
+
+@pytest.fixture(scope="module")
+def someone_elses(kit: Kit) -> tuple[Path, Path]:
+    """A file only uid 1000 may read, and one everybody may."""
+    private, public = kit.base / "theirs-private", kit.base / "theirs-public"
+    for path, mode in ((private, 0o600), (public, 0o644)):
+        path.write_text(f"{path.name} text\n")
+        os.chown(path, 1000, 1000)
+        path.chmod(mode)
+    return private, public
+
+
+def test_a_process_in_its_own_user_namespace_reads_only_what_the_kernel_lets_it(
+    runner: Runner, someone_elses: tuple[Path, Path]
+) -> None:
+    """It has no capabilities over our files: the supervisor must not open for it as
+    itself just because its status lines read the same."""
+    private, public = someone_elses
+    args = " ".join(shlex.quote(str(p)) for p in (private, public))
+    script = f"python3 -c {shlex.quote(PY_USERNS)} {args}"
+    kernel = subprocess.run(
+        ["python3", "-c", PY_USERNS, str(private), str(public)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert kernel.stdout.splitlines() == [
+        f"{private} refused {errno.EACCES}",
+        f"{public} read {public.name} text",
+    ]
+    result = runner.run(script)
+    assert result["rc"] == 0, result
+    assert result["out"] == kernel.stdout, result
 
 
 @pytest.mark.parametrize("mode", ["notify", "notify+narrow"])
