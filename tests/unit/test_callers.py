@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from agentsh.enforce import callers
 from agentsh.enforce.callers import Callers
-from agentsh.enforce.filecalls import Refused
+from agentsh.enforce.filecalls import CRED_FIELDS, Refused, cred_lines
 
 
 def test_a_thread_with_the_supervisors_credentials_is_nobody_to_take_on() -> None:
@@ -69,3 +70,32 @@ def test_the_kept_fds_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         for p in sleepers:
             p.kill()
             p.wait()
+
+
+def test_cred_lines_are_the_status_lines_that_decide_file_access() -> None:
+    status = Path("/proc/self/status").read_bytes()
+    by_line = {line.split(b":")[0]: line for line in status.split(b"\n")}
+    assert cred_lines(status) == tuple(by_line[f[:-1]] for f in CRED_FIELDS)
+    assert cred_lines(b"Name:\tx\nUid:\t5\t5\t5\t5\n") == (b"Uid:\t5\t5\t5\t5", b"", b"", b"", b"")
+
+
+def test_a_thread_cannot_forge_its_credentials_through_its_name() -> None:
+    """A thread's name is the one free-text line before Uid: the kernel escapes it."""
+    code = (
+        "import ctypes, sys; ctypes.CDLL(None).prctl(15, b'x\\nUid:\\t0\\t0\\t0\\t0', 0, 0, 0); "
+        "import os; os.setresuid(1234, 1234, 1234); print('ready', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        status = Path(f"/proc/{child.pid}/status").read_bytes()
+        assert status.startswith(b"Name:\tx\\nUid:")  # escaped, still one line
+        assert cred_lines(status)[0] == b"Uid:\t1234\t1234\t1234\t1234"
+        who = Callers().who(child.pid)
+        assert who is not None
+        assert who.fsuid == 1234
+    finally:
+        child.communicate("")
