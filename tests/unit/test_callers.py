@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +20,27 @@ def test_a_thread_with_the_supervisors_credentials_is_nobody_to_take_on() -> Non
     assert Callers().who(os.getpid()) is None
 
 
-def test_a_process_with_other_ids_is_taken_on_as_itself() -> None:
-    code = (
-        "import os, sys; os.setgroups([]); os.setresgid(4321, 4321, 4321); "
-        "os.setresuid(1234, 1234, 1234); print('ready', flush=True); sys.stdin.read()"
-    )
+@contextlib.contextmanager
+def _child(setup: str) -> Iterator[int]:
+    """A python process that runs ``setup``, then waits; its pid."""
+    code = f"import ctypes, os, sys; {setup}; print('ready', flush=True); sys.stdin.read()"
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == "ready\n"
-        who = Callers().who(child.pid)
-        assert who is not None
-        assert (who.fsuid, who.fsgid, who.groups, who.caps) == (1234, 4321, (), 0)
+        yield child.pid
     finally:
         child.communicate("")
+
+
+def test_a_process_with_other_ids_is_taken_on_as_itself() -> None:
+    setup = "os.setgroups([]); os.setresgid(4321, 4321, 4321); os.setresuid(1234, 1234, 1234)"
+    with _child(setup) as pid:
+        who = Callers().who(pid)
+    assert who is not None
+    assert (who.fsuid, who.fsgid, who.groups, who.caps) == (1234, 4321, (), 0)
 
 
 def test_a_gone_thread_is_refused_and_its_reused_id_never_read_through_the_old_fd() -> None:
@@ -81,21 +88,14 @@ def test_cred_lines_are_the_status_lines_that_decide_file_access() -> None:
 
 def test_a_thread_cannot_forge_its_credentials_through_its_name() -> None:
     """A thread's name is the one free-text line before Uid: the kernel escapes it."""
-    code = (
-        "import ctypes, sys; ctypes.CDLL(None).prctl(15, b'x\\nUid:\\t0\\t0\\t0\\t0', 0, 0, 0); "
-        "import os; os.setresuid(1234, 1234, 1234); print('ready', flush=True); sys.stdin.read()"
+    setup = (
+        "ctypes.CDLL(None).prctl(15, b'x\\nUid:\\t0\\t0\\t0\\t0', 0, 0, 0); "
+        "os.setresuid(1234, 1234, 1234)"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "ready\n"
-        status = Path(f"/proc/{child.pid}/status").read_bytes()
-        assert status.startswith(b"Name:\tx\\nUid:")  # escaped, still one line
-        assert cred_lines(status)[0] == b"Uid:\t1234\t1234\t1234\t1234"
-        who = Callers().who(child.pid)
-        assert who is not None
-        assert who.fsuid == 1234
-    finally:
-        child.communicate("")
+    with _child(setup) as pid:
+        status = Path(f"/proc/{pid}/status").read_bytes()
+        who = Callers().who(pid)
+    assert status.startswith(b"Name:\tx\\nUid:")  # escaped, still one line
+    assert cred_lines(status)[0] == b"Uid:\t1234\t1234\t1234\t1234"
+    assert who is not None
+    assert who.fsuid == 1234
