@@ -409,53 +409,6 @@ def covers(operations: Sequence[str], op: str) -> bool:
     return any(alias in operations for alias in _OPEN_SYNONYMS.get(op, ()))
 
 
-# Built-in reliefs from a refusal that only the file default or a catch-all rule (every
-# path ``**``) made; a rule that names the path still refuses. Landlock grants the same.
-DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-TERMINALS = ("/dev/tty", "/dev/ptmx")  # and the tree /dev/pts
-SYSTEM_READABLE = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_CATCH_ALL = frozenset({"**", "/**"})
-
-
-def _by_default(policy: Policy, verdict: Verdict) -> FileRule | bool | None:
-    """The rule that refused (None: the file default), or False when it names paths."""
-    rule = next((r for r in policy.file_rules if r.name == verdict.rule), None)
-    if rule is not None and not set(rule.paths) <= _CATCH_ALL:
-        return False
-    return rule
-
-
-def device_relief(policy: Policy, verdict: Verdict, path: str) -> Verdict:
-    """Opening a device every program uses (:data:`DEVICES`, :data:`TERMINALS`, a
-    /dev/pts terminal) is allowed when only the default or a catch-all refused it: bash's
-    start-up writes to /dev/null, and a policy that never names it cannot mean to break
-    every shell. Pure; ``verdict`` unchanged otherwise."""
-    if verdict.allowed or (path not in DEVICES + TERMINALS and not path.startswith("/dev/pts/")):
-        return verdict
-    if _by_default(policy, verdict) is False:
-        return verdict
-    return Verdict(Decision.ALLOW, None, f"{path}: a device every program may use", path)
-
-
-def system_read_relief(
-    policy: Policy, verdict: Verdict, path: str, *, world_readable: bool
-) -> Verdict:
-    """Reading a file or directory of a system tree (:data:`SYSTEM_READABLE`) that every
-    user may read is allowed when only a catch-all rule refused it: it is no secret, and
-    tools read such files at start-up (git's /etc/gitconfig, OpenSSL's openssl.cnf) that
-    the seeds' "deny everything else" rules do not list. ``world_readable`` is the
-    caller's stat of the file (mode o+r, regular file or directory). Pure."""
-    if verdict.allowed or not world_readable:
-        return verdict
-    if not any(path == t or path.startswith(t + "/") for t in SYSTEM_READABLE):
-        return verdict
-    rule = _by_default(policy, verdict)
-    if not isinstance(rule, FileRule):  # a named path, or the file default (reads pass)
-        return verdict
-    why = f"{path} is readable by every user; catch-all rule {rule.name} does not hide it"
-    return Verdict(Decision.ALLOW, None, why, path)
-
-
 def check_file(policy: Policy, op: str, path: str) -> Verdict:
     """Judge one file operation on an absolute path.
 

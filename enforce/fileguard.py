@@ -52,7 +52,16 @@ import signal
 import stat as _stat
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import engine, filemon, identity, seccomp, standin, terminals, tracee
+from agentsh.enforce import (
+    engine,
+    filekinds,
+    filemon,
+    identity,
+    seccomp,
+    standin,
+    terminals,
+    tracee,
+)
 from agentsh.enforce.callers import Callers
 from agentsh.enforce.filecalls import (
     LINKED,
@@ -197,8 +206,10 @@ class Monitor:
             directory = st is not None and _stat.S_ISDIR(st.st_mode)
             ops = filemon.open_operations(flags, directory=directory, exists=st is not None)
             verdict = self.judge(ops, target, write=filemon.writes(flags), tid=tid)
-            if st is not None:  # built-in reliefs (engine): opening what exists
-                verdict = _relieved(self.plan.policy, verdict, target.path, flags, st)
+            if st is not None:  # by kind of file (enforce.filekinds): opening what exists
+                verdict = _by_kind(
+                    self.plan.policy, verdict, target.path, ops=ops, flags=flags, st=st
+                )
             if not self._allowed(sup, note, f"{ops[-1]} {target.path}", verdict):
                 return
             refusal = self._terminal_refusal(sup, tid, target)
@@ -305,7 +316,11 @@ class Monitor:
             return
         verdict = self.judge(ops, target, write=write, tid=tid)
         if verdict.allowed:
-            verdict = self._terminal_refusal(sup, tid, target) or verdict
+            st = target.st
+            device = filekinds.device_refusal(
+                self.plan.policy, ops, target.path, st.st_mode, st.st_rdev
+            )
+            verdict = device or self._terminal_refusal(sup, tid, target) or verdict
         if verdict.allowed:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -416,16 +431,27 @@ class Monitor:
         sup.listener.fail(note.id, errno.EACCES)
 
 
-def _relieved(
-    policy: Policy, verdict: Verdict, path: str, flags: int, st: os.stat_result
+def _by_kind(
+    policy: Policy,
+    verdict: Verdict,
+    path: str,
+    *,
+    ops: tuple[str, ...],
+    flags: int,
+    st: os.stat_result,
 ) -> Verdict:
-    """``engine.device_relief``, and for a read-only open ``engine.system_read_relief``."""
-    verdict = engine.device_relief(policy, verdict, path)
+    """``verdict`` on opening ``path`` (``st``) for ``ops`` with ``flags``, with the
+    verdicts by kind of file (``enforce.filekinds``): the device reliefs and refusals,
+    and for a read-only open the relief for world-readable system files."""
+    verdict = filekinds.device_relief(policy, verdict, path)
+    refusal = filekinds.device_refusal(policy, ops, path, st.st_mode, st.st_rdev)
+    if verdict.allowed and refusal is not None:
+        return refusal
     if filemon.writes(flags):
         return verdict
     shown = _stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode)
     readable = shown and bool(st.st_mode & _stat.S_IROTH)
-    return engine.system_read_relief(policy, verdict, path, world_readable=readable)
+    return filekinds.system_read_relief(policy, verdict, path, world_readable=readable)
 
 
 def _proc_self(path: str, tid: int) -> str:

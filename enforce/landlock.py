@@ -47,7 +47,7 @@ from _ctypes import CFuncPtr
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from agentsh.enforce import engine, seccomp
+from agentsh.enforce import filekinds, seccomp
 from agentsh.enforce.engine import (
     FILE_OPERATIONS,
     READ_OPERATIONS,
@@ -123,8 +123,8 @@ ERRATA: Final = {
 }
 SYSTEM_TREES: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_READ: Final = ("/etc", "/proc")
-DEVICES: Final = engine.DEVICES  # what every program may use (engine.device_relief)
-TERMINALS: Final = engine.TERMINALS  # and the tree /dev/pts
+DEVICES: Final = filekinds.DEVICES  # what every program may use (filekinds.device_relief)
+TERMINALS: Final = filekinds.TERMINALS  # and the tree /dev/pts
 AGENTSH_STATE: Final = ("/etc/agentsh", "/var/lib/agentsh", "/var/cache/agentsh")
 # procfs magic links: an open through them is checked on the file they point to, and a rule
 # on them would name the frontend's own /proc entries, not its children's.

@@ -295,21 +295,27 @@ def _evaluate(engine: Any, policy: Any, op: str, path: str) -> Verdict:
 
 
 def _file_verdict(engine: Any, policy: Any, op: str, path: str) -> Verdict:
-    """As the file monitor decides: the rules, then the engine's built-in reliefs for
-    devices and world-readable system files (it stats ``path``, as the monitor does)."""
-    verdict = engine.check_file(policy, op, path)
+    """As the file monitor decides: the rules, then the built-in verdicts by kind of
+    file (``enforce.filekinds``: devices, world-readable system files; it stats
+    ``path``, as the monitor does)."""
+    from agentsh.enforce import filekinds
+
+    verdict: Verdict = engine.check_file(policy, op, path)
     if op == "delete":
-        return verdict  # type: ignore[no-any-return]
-    verdict = engine.device_relief(policy, verdict, path)
+        return verdict
+    verdict = filekinds.device_relief(policy, verdict, path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return verdict
+    refusal = filekinds.device_refusal(policy, (op,), path, st.st_mode, st.st_rdev)
+    if verdict.allowed and refusal is not None:
+        return refusal
     if op == "read":
-        try:
-            st = os.stat(path)
-        except OSError:
-            return verdict  # type: ignore[no-any-return]
         shown = stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
         readable = shown and bool(st.st_mode & stat.S_IROTH)
-        verdict = engine.system_read_relief(policy, verdict, path, world_readable=readable)
-    return verdict  # type: ignore[no-any-return]
+        verdict = filekinds.system_read_relief(policy, verdict, path, world_readable=readable)
+    return verdict
 
 
 def _host_port(text: str) -> tuple[str, int]:

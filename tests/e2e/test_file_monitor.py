@@ -21,6 +21,7 @@ import select
 import shlex
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import pytest
 from agentsh.enforce import (
     audit,
     config,
+    filekinds,
     filemon,
     govern,
     landlock,
@@ -666,6 +668,47 @@ def test_a_process_in_its_own_user_namespace_reads_only_what_the_kernel_lets_it(
     result = runner.run(script)
     assert result["rc"] == 0, result
     assert result["out"] == kernel.stdout, result
+
+
+def _a_block_device() -> str | None:
+    """A block device this (ungoverned) test process may open for reading."""
+    for name in sorted(os.listdir("/dev")):
+        path = f"/dev/{name}"
+        try:
+            if stat.S_ISBLK(os.stat(path).st_mode):
+                with open(path, "rb"):
+                    return path
+        except OSError:
+            continue
+    return None
+
+
+def test_a_raw_disk_is_not_read_past_the_file_rules(runner: Runner) -> None:
+    """The built-in policy lets reads through by default; a raw disk would hand over
+    every file on it, ~/.ssh included. Refused by its kind (a block device), whatever
+    its name, with the rule named; a console too."""
+    device = _a_block_device()
+    if device is None:
+        pytest.skip("no block device root may open on this machine")
+    result = runner.run(f"head -c 512 {device} | wc -c; : < /dev/tty1; echo done")
+    assert result["out"].split() == ["0", "done"], result
+    assert f"(rule {filekinds.DEVICE_RULE})" in result["err"], result["err"]
+    assert f"cannot open '{device}' for reading: Permission denied" in result["err"]
+    denied = _file_denials(result, filekinds.DEVICE_RULE)
+    assert any(device in e["argv"][0] for e in denied), denied
+    assert any("/dev/tty1" in e["argv"][0] for e in denied), denied
+
+
+def test_a_raw_disk_a_rule_names_is_read(kit: Kit) -> None:
+    """The control: the refusal is the kind-of-file default, not a blanket ban."""
+    device = _a_block_device()
+    if device is None:
+        pytest.skip("no block device root may open on this machine")
+    disk = FileRule("the-disk", (device,), ("read", "open"), Decision.ALLOW)
+    policy = replace(kit.policy, file_rules=(disk, *kit.policy.file_rules))
+    named = Kit(kit.base, kit.home, kit.work, policy)
+    result = Runner(named, "notify").run(f"head -c 512 {device} | wc -c")
+    assert (result["rc"], result["err"]) == (0, ""), result  # opened (a loop device may be empty)
 
 
 @pytest.mark.parametrize("mode", ["notify", "notify+narrow"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -276,4 +278,20 @@ def test_policy_test_explains_reads_as_the_file_monitor_decides(
     assert code == 0
     assert json.loads(out)["decision"] == decision
     code, out, _ = _main([*argv, "--op", "file_write", "--path", "/dev/null", "--json"], capsys)
+    assert json.loads(out)["decision"] == "allow"
+
+
+def test_policy_test_refuses_a_raw_disk_as_the_file_monitor_does(
+    tmp_path: Path, no_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The built-in policy allows reads by default; a block device is refused by its
+    kind, under any name (here a node outside /dev), and the answer says what to do."""
+    disk = tmp_path / "disk"
+    os.mknod(disk, stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    argv = ["policy", "test", "--config", str(no_config), "--op", "file_read", "--path"]
+    code, out, _ = _main([*argv, str(disk), "--json"], capsys)
+    answer = json.loads(out)
+    assert (code, answer["decision"], answer["rule"]) == (0, "deny", "device-not-named")
+    assert "file_rules" in answer["message"]
+    code, out, _ = _main([*argv, "/dev/null", "--json"], capsys)
     assert json.loads(out)["decision"] == "allow"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from pathlib import Path
 from types import MappingProxyType
 
@@ -19,6 +20,7 @@ from agentsh.enforce import (
     engine,
     filecalls,
     fileguard,
+    filekinds,
     filemon,
     govern,
     landlock,
@@ -507,21 +509,74 @@ def test_devices_every_program_uses_pass_unless_a_rule_names_them() -> None:
     default = Policy(1, "t", "<t>")  # writes denied by the file default
     refused = engine.check_file(default, "write", "/dev/null")
     assert not refused.allowed
-    assert engine.device_relief(default, refused, "/dev/null").allowed
-    assert engine.device_relief(default, refused, "/dev/pts/3").allowed
+    assert filekinds.device_relief(default, refused, "/dev/null").allowed
+    assert filekinds.device_relief(default, refused, "/dev/pts/3").allowed
     naming = rules(("no-null", ("/dev/null",), ("write",), Decision.DENY))
     named = engine.check_file(naming, "write", "/dev/null")
-    assert engine.device_relief(naming, named, "/dev/null") == named  # the rule names it
+    assert filekinds.device_relief(naming, named, "/dev/null") == named  # the rule names it
     catch_all = rules(("nothing", ("**",), ("*",), Decision.DENY))
     caught = engine.check_file(catch_all, "write", "/dev/null")
-    assert engine.device_relief(catch_all, caught, "/dev/null").allowed
-    assert engine.device_relief(default, refused, "/dev/sda") == refused  # not in the list
+    assert filekinds.device_relief(catch_all, caught, "/dev/null").allowed
+    assert filekinds.device_relief(default, refused, "/dev/sda") == refused  # not in the list
+
+
+_BLK, _CHR, _REG = stat.S_IFBLK | 0o600, stat.S_IFCHR | 0o600, stat.S_IFREG | 0o644
+_VDA, _TTY1, _NULL, _PTS3, _CONSOLE = (
+    os.makedev(254, 0),
+    os.makedev(4, 1),
+    os.makedev(1, 3),
+    os.makedev(136, 3),
+    os.makedev(5, 1),
+)
+_READ_ALL = ("read-all", ("/**",), ("read", "open"), Decision.ALLOW)
+
+
+@pytest.mark.parametrize(
+    ("policy_rules", "path", "mode", "rdev", "refused"),
+    [
+        ((), "/dev/vda", _BLK, _VDA, True),  # reads allowed by the file default only
+        ((), "/dev/disk/by-id/virtio-root", _BLK, _VDA, True),  # the kind decides, not the name
+        ((), "/tmp/chroot/dev/sda", _BLK, _VDA, True),
+        ((("tmp", ("/tmp/**",), ("*",), Decision.ALLOW),), "/tmp/disk", _BLK, _VDA, True),
+        ((("d", ("/srv/dev/vda",), ("read",), Decision.ALLOW),), "/srv/dev/vda", _BLK, _VDA, True),
+        ((_READ_ALL,), "/dev/vda", _BLK, _VDA, True),  # a catch-all names nothing
+        ((("disk", ("/dev/vda",), ("read",), Decision.ALLOW),), "/dev/vda", _BLK, _VDA, False),
+        ((("devs", ("/dev/**",), ("read",), Decision.ALLOW),), "/dev/vda", _BLK, _VDA, False),
+        ((), "/dev/tty1", _CHR, _TTY1, True),  # a console: a person's keystrokes
+        ((), "/dev/console", _CHR, _CONSOLE, True),
+        ((), "/dev/null", _CHR, _NULL, False),
+        ((), "/tmp/mynull", _CHR, _NULL, False),  # the same harmless device
+        ((), "/dev/pts/3", _CHR, _PTS3, False),  # enforce.terminals judges its owner
+        ((), "/dev/vda", _REG, 0, False),  # not a device
+        ((("no", ("/dev/vda",), ("read",), Decision.DENY),), "/dev/vda", _BLK, _VDA, False),
+    ],
+)
+def test_devices_no_rule_names_are_refused(
+    policy_rules: tuple[tuple[str, tuple[str, ...], tuple[str, ...], Decision], ...],
+    path: str,
+    mode: int,
+    rdev: int,
+    refused: bool,
+) -> None:
+    """Reading a raw disk reads every file on it past the file rules (False for the
+    last row: the rule itself refuses, so there is nothing left to refuse)."""
+    pol = rules(*policy_rules)
+    verdict = filekinds.device_refusal(pol, ("open", "read"), path, mode, rdev)
+    assert (verdict is not None) == refused
+    if verdict is not None:
+        assert verdict.rule == filekinds.DEVICE_RULE
+        assert path in verdict.message
+        assert "file_rules" in verdict.message  # what to do instead
+
+
+def test_a_stat_of_a_device_is_never_refused() -> None:
+    assert filekinds.device_refusal(rules(), ("stat",), "/dev/vda", _BLK, _VDA) is None
 
 
 def test_world_readable_system_files_pass_a_catch_all_only() -> None:
     catch_all = rules(("nothing", ("**",), ("*",), Decision.DENY))
     refused = engine.check_file(catch_all, "read", "/etc/passwd")
-    relief = engine.system_read_relief
+    relief = filekinds.system_read_relief
     assert relief(catch_all, refused, "/etc/passwd", world_readable=True).allowed
     assert relief(catch_all, refused, "/etc/shadow", world_readable=False) == refused
     named = rules(("no-passwd", ("/etc/passwd",), ("read",), Decision.DENY))
