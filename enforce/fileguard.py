@@ -57,6 +57,7 @@ from agentsh.enforce import (
     filekinds,
     filemon,
     identity,
+    image,
     seccomp,
     standin,
     terminals,
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
     from agentsh.enforce.supervisor import Supervisor
 
 CACHE_MAX: Final = 65536
+PROC_RULE: Final = "proc-outside-tree"
 # Calls that can move or remove a directory: rmdir, the renames (and unlinkat with
 # AT_REMOVEDIR, checked by flag).
 _MOVES: Final = frozenset({84, *filemon.FAMILIES["rename"][1]})
@@ -173,12 +175,19 @@ class Monitor:
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
         """Answer one trapped file call (``Supervisor.handle_one`` calls this)."""
         try:
-            if note.nr in filemon.OPENS:
-                self._open(sup, note)
-            else:
-                self._path_call(sup, note)
+            with image.fenced(sup.tree.contains):
+                if note.nr in filemon.OPENS:
+                    self._open(sup, note)
+                else:
+                    self._path_call(sup, note)
         except Refused as why:
             self._refuse(sup, note, "?", Verdict(Decision.DENY, why.rule, why.why))
+        except image.Fenced as err:
+            why = (
+                f"{err.path} leads into the open files of a process outside the governed "
+                "tree; a governed process may follow only its own tree's /proc links"
+            )
+            self._refuse(sup, note, err.path, Verdict(Decision.DENY, PROC_RULE, why))
         except identity.CannotAssume as err:
             cannot = f"the monitor cannot open files as this process: {err}"
             self._refuse(sup, note, "?", Verdict(Decision.DENY, "file-identity", cannot))
@@ -389,7 +398,7 @@ class Monitor:
         path = target.path
         if not path.startswith("/"):  # pipe:[…], socket:[…], anon_inode:…: not a file path
             return Verdict(Decision.ALLOW, None, "not a file system path", path)
-        names = [_proc_self(path, tid)]
+        names = _proc_names(path, tid)
         st = target.st
         if st is not None and _stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             twin = self.inodes.get((st.st_dev, st.st_ino))
@@ -452,6 +461,14 @@ def _by_kind(
     shown = _stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode)
     readable = shown and bool(st.st_mode & _stat.S_IROTH)
     return filekinds.system_read_relief(policy, verdict, path, world_readable=readable)
+
+
+def _proc_names(path: str, tid: int) -> list[str]:
+    """The names ``path`` is judged under: itself (the caller's own /proc/TGID written as
+    /proc/self) and a thread's entry under its process's name (``filekinds.task_alias``)."""
+    name = _proc_self(path, tid)
+    alias = filekinds.task_alias(name)
+    return [name] if alias is None else [name, alias]
 
 
 def _proc_self(path: str, tid: int) -> str:

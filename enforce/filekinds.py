@@ -14,6 +14,7 @@ a path is. Pure: the callers stat the file and pass what they found.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from typing import Final
@@ -33,6 +34,7 @@ _CATCH_ALL = frozenset({"**", "/**"})
 HARMLESS_DEVICES: Final = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)})
 PTS_MAJORS: Final = range(136, 144)
 DEVICE_RULE: Final = "device-not-named"
+_TASK: Final = re.compile(r"(/proc/(?:\d+|self))/task/\d+(/.*)?")
 
 
 def _by_default(policy: Policy, verdict: Verdict) -> FileRule | bool | None:
@@ -107,3 +109,11 @@ def device_refusal(
             )
             return Verdict(Decision.DENY, DEVICE_RULE, why, path)
     return None
+
+
+def task_alias(path: str) -> str | None:
+    """/proc/PID/X for a thread's entry /proc/PID/task/TID/X (None for other paths): the
+    same environment, memory and open files, which rules name the process's way
+    (``/proc/*/environ``), so the file monitor judges the entry under both names."""
+    task = _TASK.fullmatch(path)
+    return None if task is None else task.group(1) + (task.group(2) or "")

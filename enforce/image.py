@@ -6,12 +6,15 @@ in the tracee's context (its root, cwd or execveat dirfd, ``..``, symlinks, and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
 import os
+import re
 import stat as _stat
 import time
+from collections.abc import Callable, Iterator
 
 from agentsh.enforce import elf
 from agentsh.enforce.record import dataclass
@@ -191,6 +194,7 @@ class _Walk:
             return 0
         os.close(nxt)
         if cst.st_dev == _procfs_dev() and not in_proc_root:
+            _fence_check(self.cur, name)
             self.move(os.open(name, _PATH, dir_fd=self.cur))  # a magic link: jump
             return 1
         target = os.readlink(name, dir_fd=self.cur)
@@ -198,6 +202,47 @@ class _Walk:
             self.move(os.dup(self.root))
         todo += _parts(target)
         return 1
+
+
+class Fenced(OSError):
+    """A resolution would follow a procfs magic link of a process outside the governed
+    tree (:func:`fenced`). ``path``: the link, as the supervisor sees it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.EACCES, os.strerror(errno.EACCES))
+        self.path = path
+
+
+_member: Callable[[int], bool] | None = None  # set for one call by ``fenced``
+_PROC_PID = re.compile(r"/proc/(\d+)(?:/|$)")
+
+
+@contextlib.contextmanager
+def fenced(member: Callable[[int], bool]) -> Iterator[None]:
+    """Within the block, a resolution that would follow a procfs magic link (``fd/N``,
+    ``cwd``, ``root``, ``exe``, ``map_files/…``, ``ns/…``) of a process ``member`` says
+    is outside the governed tree raises :class:`Fenced`. Such a link hands over that
+    process's open files, directories and namespaces, which the kernel lets root follow
+    but never a process in a Landlock domain (ptrace_may_access): the supervisor, outside
+    the domain, must not follow it for one either. The supervisor resolves one call at a
+    time, in one thread."""
+    global _member  # noqa: PLW0603 — one call's context, restored on the way out
+    before, _member = _member, member
+    try:
+        yield
+    finally:
+        _member = before
+
+
+def _fence_check(dirfd: int, name: bytes) -> None:
+    """Raise :class:`Fenced` when the procfs directory ``dirfd`` belongs to a process
+    outside the tree (or to none we can name) and a fence is up."""
+    if _member is None:
+        return
+    where = os.readlink(f"/proc/self/fd/{dirfd}")
+    found = _PROC_PID.match(where)
+    if found is None or not _member(int(found.group(1))):
+        raise Fenced(f"{where}/{os.fsdecode(name)}")
 
 
 # Resolutions of absolute paths of tracees that share our view, keyed by the path and valid

@@ -301,6 +301,9 @@ def _file_verdict(engine: Any, policy: Any, op: str, path: str) -> Verdict:
     from agentsh.enforce import filekinds
 
     verdict: Verdict = engine.check_file(policy, op, path)
+    alias = filekinds.task_alias(path)
+    if alias is not None:
+        verdict = engine.stricter(verdict, engine.check_file(policy, op, alias))
     if op == "delete":
         return verdict
     verdict = filekinds.device_relief(policy, verdict, path)

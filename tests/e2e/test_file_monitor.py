@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import pytest
 from agentsh.enforce import (
     audit,
     config,
+    fileguard,
     filekinds,
     filemon,
     govern,
@@ -668,6 +669,53 @@ def test_a_process_in_its_own_user_namespace_reads_only_what_the_kernel_lets_it(
     result = runner.run(script)
     assert result["rc"] == 0, result
     assert result["out"] == kernel.stdout, result
+
+
+@pytest.fixture(scope="module")
+def outsider() -> Iterator[tuple[int, int]]:
+    """A process outside the governed tree holding a secret in its environment, its
+    stdout a pipe the test reads: (pid, read end)."""
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        ["sleep", "600"],
+        env={"API_KEY": SECRET, "PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL,
+        stdout=w,
+        cwd="/etc",
+    )
+    os.close(w)
+    os.set_blocking(r, False)
+    try:
+        yield proc.pid, r
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(r)
+
+
+def test_another_processes_environment_and_files_stay_out_of_reach(
+    runner: Runner, outsider: tuple[int, int]
+) -> None:
+    """Through its thread's /proc entry (the policy names /proc/*/environ), and through
+    its /proc magic links (fd, cwd, root): the supervisor, outside any Landlock domain,
+    must not follow them for the tree."""
+    pid, pipe = outsider
+    script = (
+        f"cat /proc/{pid}/task/{pid}/environ; "
+        f"echo injected > /proc/{pid}/fd/1; "
+        f"cat /proc/{pid}/cwd/hostname >/dev/null; "
+        f"cat /proc/{pid}/task/{pid}/root/etc/hostname >/dev/null; "
+        "echo own > /dev/fd/1; echo mine > /proc/self/fd/1; echo tree > /proc/$$/fd/1"
+    )
+    result = runner.run(script)
+    assert SECRET not in result["out"], result
+    assert result["out"].split() == ["own", "mine", "tree"], result
+    with pytest.raises(BlockingIOError):
+        os.read(pipe, 100)  # nothing was written into the outsider's stdout
+    assert _file_denials(result, "deny-process-secrets"), result["events"]
+    fenced = _file_denials(result, fileguard.PROC_RULE)
+    assert {e["argv"][0].split("/")[3] for e in fenced} == {"fd", "cwd", "task"}, result["err"]
+    assert f"(rule {fileguard.PROC_RULE})" in result["err"]
 
 
 def _a_block_device() -> str | None:

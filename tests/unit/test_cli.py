@@ -69,6 +69,7 @@ def test_policy_test_denies_sudo_in_every_seed(
     [
         ("exec", "git status", "allow"),
         ("file_read", "/root/.ssh/id_rsa", "deny"),
+        ("file_read", "/proc/2345/task/2345/environ", "deny"),  # as /proc/2345/environ
         ("file_write", "/etc/passwd", "deny"),
         ("net_connect", "169.254.169.254:80", "deny"),
     ],

@@ -569,6 +569,22 @@ def test_devices_no_rule_names_are_refused(
         assert "file_rules" in verdict.message  # what to do instead
 
 
+@pytest.mark.parametrize(
+    ("path", "alias"),
+    [
+        ("/proc/42/task/43/environ", "/proc/42/environ"),
+        ("/proc/42/task/42/fd/1", "/proc/42/fd/1"),
+        ("/proc/42/task/43", "/proc/42"),
+        ("/proc/self/task/43/mem", "/proc/self/mem"),
+        ("/proc/42/environ", None),
+        ("/proc/42/tasks/43/environ", None),
+        ("/srv/proc/42/task/43/environ", None),
+    ],
+)
+def test_a_threads_proc_entry_is_also_its_processs(path: str, alias: str | None) -> None:
+    assert filekinds.task_alias(path) == alias
+
+
 def test_a_stat_of_a_device_is_never_refused() -> None:
     assert filekinds.device_refusal(rules(), ("stat",), "/dev/vda", _BLK, _VDA) is None
 

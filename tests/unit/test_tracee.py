@@ -263,3 +263,38 @@ def test_shebang_parse_agrees_with_the_kernel(tmp_path: Path, tail: bytes) -> No
     got = json.loads(run.stdout)
     expected = [str(show), *([arg.decode()] if arg is not None else []), str(script), "x"]
     assert got == expected
+
+
+def test_a_fence_stops_magic_links_into_processes_outside_the_tree(tree: Path) -> None:
+    """/proc/PID/{fd,cwd,root,exe} of a process outside the tree hand over its files:
+    with a fence up, following one raises Fenced (EACCES, what Landlock answers); the
+    tracee's own links, and paths without magic links, still resolve."""
+    outside = {7: str(tree / "bin" / "prog")}
+    with blocked_child(tree / "work", outside) as other, blocked_child(tree / "work") as pid:
+
+        def member(p: int) -> bool:
+            return p == pid
+
+        def target(path: bytes) -> str:
+            fd = image.open_target(pid, ExecArgs(AT_FDCWD, path, (), 0))
+            try:
+                return os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+
+        links = (
+            b"/proc/%d/fd/7" % other,
+            b"/proc/%d/cwd/x" % other,
+            b"/proc/%d/task/%d/fd/7" % (other, other),
+        )
+        assert target(links[0]) == str(tree / "bin" / "prog")  # no fence: root may
+        with image.fenced(member):
+            for link in links:
+                with pytest.raises(image.Fenced) as err:
+                    target(link)
+                assert err.value.errno == errno.EACCES
+                assert err.value.path.startswith(f"/proc/{other}/")
+            assert target(b"/proc/self/cwd") == str(tree / "work")  # its own
+            assert target(b"/proc/%d/cwd" % pid) == str(tree / "work")
+            assert target(b"../bin/prog") == str(tree / "bin" / "prog")
+        assert target(links[0]) == str(tree / "bin" / "prog")  # the fence is down again
