@@ -183,11 +183,11 @@ class Monitor:
         except Refused as why:
             self._refuse(sup, note, "?", Verdict(Decision.DENY, why.rule, why.why))
         except image.Fenced as err:
-            why = (
+            fenced = (
                 f"{err.path} leads into the open files of a process outside the governed "
                 "tree; a governed process may follow only its own tree's /proc links"
             )
-            self._refuse(sup, note, err.path, Verdict(Decision.DENY, PROC_RULE, why))
+            self._refuse(sup, note, err.path, Verdict(Decision.DENY, PROC_RULE, fenced))
         except identity.CannotAssume as err:
             cannot = f"the monitor cannot open files as this process: {err}"
             self._refuse(sup, note, "?", Verdict(Decision.DENY, "file-identity", cannot))
