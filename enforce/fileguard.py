@@ -50,6 +50,7 @@ import os
 import re
 import signal
 import stat as _stat
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from agentsh.enforce import (
@@ -70,6 +71,7 @@ from agentsh.enforce.filecalls import (
     OpenCall,
     Refused,
     Target,
+    directory,
     open_call,
     path_items,
     protected_inodes,
@@ -171,6 +173,7 @@ class Monitor:
         self.opener = standin.Opener(plan.landlock)
         self.paths = PathCalls(plan, self.opener, self.callers)
         self.terminals: terminals.Ownership | None = None  # at the first /dev/pts open
+        self.protected = (_sysctl("fs/protected_regular"), _sysctl("fs/protected_fifos"))
 
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
         """Answer one trapped file call (``Supervisor.handle_one`` calls this)."""
@@ -283,6 +286,8 @@ class Monitor:
         if target.fd is None:  # O_CREAT of a new file
             self.opener.create(sup.listener, note, target, call, who=who, status=raw, same=same)
             return
+        if flags & filemon.O_CREAT and self._planted(tid, target, raw, same):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))  # the kernel's answer
         if (writes or self.plan.reads_narrowed) and not self.opener.permitted(
             tid, target, flags, same
         ):
@@ -303,6 +308,21 @@ class Monitor:
             self._refuse(sup, note, target.path, Verdict(Decision.DENY, how.rule, how.why))
         else:
             sup.listener.fail(note.id, how.err)
+
+    def _planted(self, tid: int, target: Target, status: bytes, same: bool | None) -> bool:
+        """An O_CREAT open of the existing ``target`` the kernel refuses in a sticky
+        directory (``filekinds.sticky_refusal``, with this host's sysctls)."""
+        st = target.st
+        assert st is not None
+        regular, fifos = self.protected
+        if _stat.S_ISDIR(st.st_mode):
+            return False  # the kernel answers EISDIR first
+        if not (regular or fifos) and (_stat.S_ISREG(st.st_mode) or _stat.S_ISFIFO(st.st_mode)):
+            return False  # the common case: nothing to look up
+        with directory(tid, os.path.dirname(target.path), same) as up:
+            dir_st = os.fstat(up)
+        fsuid = identity.parse(status).fsuid
+        return filekinds.sticky_refusal(dir_st, st, fsuid, regular=regular, fifos=fifos)
 
     def checks_exit(self, tid: int) -> bool:
         """The transport must stop ``tid`` at the exit of the open just allowed."""
@@ -461,6 +481,14 @@ def _by_kind(
     shown = _stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode)
     readable = shown and bool(st.st_mode & _stat.S_IROTH)
     return filekinds.system_read_relief(policy, verdict, path, world_readable=readable)
+
+
+def _sysctl(name: str) -> int:
+    """An integer sysctl (/proc/sys/NAME); 0 when the kernel has none."""
+    try:
+        return int(Path(f"/proc/sys/{name}").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def _proc_names(path: str, tid: int) -> list[str]:

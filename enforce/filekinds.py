@@ -117,3 +117,28 @@ def task_alias(path: str) -> str | None:
     (``/proc/*/environ``), so the file monitor judges the entry under both names."""
     task = _TASK.fullmatch(path)
     return None if task is None else task.group(1) + (task.group(2) or "")
+
+
+def sticky_refusal(
+    dir_st: os.stat_result, file_st: os.stat_result, fsuid: int, *, regular: int, fifos: int
+) -> bool:
+    """The kernel refuses an O_CREAT open of the existing ``file_st`` found in the
+    directory ``dir_st`` by a process whose file system uid is ``fsuid``
+    (may_create_in_sticky, fs/namei.c; ``regular`` and ``fifos``: the sysctls
+    fs.protected_regular and fs.protected_fifos): in a sticky directory, a file neither
+    the directory's owner nor the caller owns is not reopened that way — it is how a
+    privileged program is kept from writing into a file another user planted in /tmp.
+    The supervisor, which opens the checked file itself, must refuse it the same."""
+    if not dir_st.st_mode & stat.S_ISVTX:
+        return False
+    mode = file_st.st_mode
+    if (stat.S_ISREG(mode) and not regular) or (stat.S_ISFIFO(mode) and not fifos):
+        return False
+    if file_st.st_uid in (dir_st.st_uid, fsuid):
+        return False
+    if dir_st.st_mode & 0o002:
+        return True
+    group_writable = bool(dir_st.st_mode & 0o020)
+    return group_writable and (
+        (fifos >= 2 and stat.S_ISFIFO(mode)) or (regular >= 2 and stat.S_ISREG(mode))
+    )

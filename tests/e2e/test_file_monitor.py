@@ -718,6 +718,26 @@ def test_another_processes_environment_and_files_stay_out_of_reach(
     assert f"(rule {fileguard.PROC_RULE})" in result["err"]
 
 
+def test_a_file_planted_in_a_sticky_directory_is_not_reopened_with_o_creat(
+    runner: Runner,
+) -> None:
+    """The kernel refuses an O_CREAT open of a file another user planted in a sticky,
+    world-writable directory (may_create_in_sticky; for a device whatever the sysctls
+    say): the supervisor, which opens the file itself, must refuse it too."""
+    sticky = runner.kit.base / f"sticky-{runner.mode}"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    planted = sticky / "planted"
+    os.mknod(planted, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # /dev/null's device
+    os.chown(planted, 1000, 1000)
+    script = f"echo hi > {planted}; echo rc=$?; echo hi >> {planted}; echo rc=$?; cat {planted}"
+    kernel = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert kernel.stdout.split() == ["rc=1", "rc=1"], kernel  # > and >> both pass O_CREAT
+    result = runner.run(script)
+    assert result["out"] == kernel.stdout, result
+    assert result["err"].count("Permission denied") == 2, result["err"]
+
+
 def _a_block_device() -> str | None:
     """A block device this (ungoverned) test process may open for reading."""
     for name in sorted(os.listdir("/dev")):

@@ -585,6 +585,42 @@ def test_a_threads_proc_entry_is_also_its_processs(path: str, alias: str | None)
     assert filekinds.task_alias(path) == alias
 
 
+def _st(mode: int, uid: int) -> os.stat_result:
+    return os.stat_result((mode, 1, 1, 1, uid, 0, 0, 0, 0, 0))
+
+
+_STICKY_TMP = _st(stat.S_IFDIR | 0o1777, 0)  # /tmp
+_STICKY_GROUP = _st(stat.S_IFDIR | 0o1770, 0)  # group-writable, sticky
+
+
+@pytest.mark.parametrize(
+    ("dir_st", "file_st", "fsuid", "levels", "refused"),
+    [
+        (_STICKY_TMP, _st(stat.S_IFREG | 0o666, 1000), 0, (1, 1), True),  # planted for root
+        (_STICKY_TMP, _st(stat.S_IFREG | 0o666, 1000), 0, (0, 1), False),  # sysctl off
+        (_STICKY_TMP, _st(stat.S_IFREG | 0o666, 1000), 1000, (2, 2), False),  # its own
+        (_STICKY_TMP, _st(stat.S_IFREG | 0o666, 0), 1000, (2, 2), False),  # the dir owner's
+        (_st(stat.S_IFDIR | 0o777, 0), _st(stat.S_IFREG, 1000), 0, (2, 2), False),  # no sticky
+        (_STICKY_TMP, _st(stat.S_IFIFO | 0o666, 1000), 0, (0, 1), True),
+        (_STICKY_TMP, _st(stat.S_IFIFO | 0o666, 1000), 0, (1, 0), False),
+        (_STICKY_TMP, _st(stat.S_IFCHR | 0o666, 1000), 0, (0, 0), True),  # not by sysctl
+        (_STICKY_GROUP, _st(stat.S_IFREG | 0o666, 1000), 0, (1, 1), False),
+        (_STICKY_GROUP, _st(stat.S_IFREG | 0o666, 1000), 0, (2, 1), True),
+        (_STICKY_GROUP, _st(stat.S_IFIFO | 0o666, 1000), 0, (1, 2), True),
+    ],
+)
+def test_o_creat_of_a_file_planted_in_a_sticky_directory_is_refused_as_the_kernel_does(
+    dir_st: os.stat_result,
+    file_st: os.stat_result,
+    fsuid: int,
+    levels: tuple[int, int],
+    refused: bool,
+) -> None:
+    regular, fifos = levels
+    got = filekinds.sticky_refusal(dir_st, file_st, fsuid, regular=regular, fifos=fifos)
+    assert got == refused
+
+
 def test_a_stat_of_a_device_is_never_refused() -> None:
     assert filekinds.device_refusal(rules(), ("stat",), "/dev/vda", _BLK, _VDA) is None
 
