@@ -93,7 +93,7 @@ class Hardening:
     refused with EPERM and audited when it fires. One field per config switch."""
 
     signals: bool = True  # kill & co and F_SETOWN & co: only within the governed tree
-    ptrace: bool = True  # ptrace, pidfd_getfd, prlimit & scheduling of others: the tree only
+    ptrace: bool = True  # ptrace, pidfd_getfd, process_vm_readv, prlimit & scheduling: the tree
     mount: bool = True  # mount, umount2, pivot_root and the new mount API
     kernel: bool = True  # kexec_*, module loading, reboot, iopl/ioperm
     bpf: bool = True  # bpf, perf_event_open
@@ -127,7 +127,7 @@ def filter_spec(
     if hardening.signals:
         notify += sorted(sigcalls.SIGNAL_CALLS)
     if hardening.ptrace:
-        notify += [sigcalls.NR_PIDFD_GETFD, *sigcalls.BY_KIND]
+        notify += [sigcalls.NR_PIDFD_GETFD, sigcalls.NR_PROCESS_VM_READV, *sigcalls.BY_KIND]
     if hardening.tty_injection:
         notify.append(NR_VHANGUP)
     for group, nrs in _GROUPS.items():

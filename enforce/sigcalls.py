@@ -36,8 +36,9 @@ SIGNAL_CALLS: Final = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send
     129: "rt_sigqueueinfo",
     297: "rt_tgsigqueueinfo",
 }
-NR_PTRACE, NR_PIDFD_GETFD = 101, 438
-REACH_CALLS: Final = (NR_PTRACE, NR_PIDFD_GETFD)
+NR_PTRACE, NR_PIDFD_GETFD, NR_PROCESS_VM_READV = 101, 438, 310
+# Calls that reach into another process: attach to it, take its fds, read its memory.
+REACH_CALLS: Final = (NR_PTRACE, NR_PIDFD_GETFD, NR_PROCESS_VM_READV)
 # Calls that change another process's limits or scheduling. The first argument names the
 # process; 0 (the caller itself) passes in the filter. prlimit64 can kill (RLIMIT_CPU).
 BY_PID: Final = {
@@ -112,9 +113,12 @@ def refusal(sup: Supervisor, caller: int, pids: list[int], groups: list[int], si
 
 
 def handle_reach(sup: Supervisor, note: seccomp.Notification) -> None:
-    """ptrace ATTACH/SEIZE and pidfd_getfd: only on members of the tree."""
+    """ptrace ATTACH/SEIZE, pidfd_getfd and process_vm_readv: only on members of the
+    tree. (The pid is in a register: nothing to reread after the check.)"""
     if note.nr == NR_PTRACE:
         name, target = "ptrace", tracee.s32(note.args[1])
+    elif note.nr == NR_PROCESS_VM_READV:
+        name, target = "process_vm_readv", tracee.s32(note.args[0])
     else:
         pidfd = tracee.s32(note.args[0])
         name, target = "pidfd_getfd", tracee.fd_target_pid(note.pid, pidfd) or 0

@@ -18,6 +18,7 @@ import errno
 import importlib.resources
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -618,6 +619,24 @@ def test_ptrace_of_an_outside_process_is_refused(gov: Governed) -> None:
     run = gov("timeout 10 strace -p $PPID")
     assert run.status != 0
     assert run.denials("ptrace-outside-tree")
+
+
+def test_reading_an_outside_processs_memory_is_refused(gov: Governed) -> None:
+    """process_vm_readv of a process outside the tree (its parent here) is refused and
+    audited; of the caller itself it works."""
+    read = (
+        "import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True)\n"
+        "class V(ctypes.Structure):\n"
+        "    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n"
+        "buf, src = ctypes.create_string_buffer(8), ctypes.create_string_buffer(b'own-mem')\n"
+        "for pid in (os.getpid(), os.getppid()):\n"
+        "    local, remote = V(ctypes.addressof(buf), 8), V(ctypes.addressof(src), 8)\n"
+        "    n = libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)\n"
+        "    print(n, ctypes.get_errno() if n < 0 else buf.value.decode())\n"
+    )
+    run = gov(f"python3 -c {shlex.quote(read)}")
+    assert run.out.split() == ["8", "own-mem", "-1", str(errno.EPERM)], run.err
+    assert run.denials("process_vm_readv-outside-tree")
 
 
 def test_a_debugger_inside_cannot_exec_unverified(gov: Governed) -> None:

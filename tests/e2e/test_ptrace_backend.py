@@ -152,6 +152,11 @@ DAEMONS: dict[str, str] = {
 _PY_SEIZE = "import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); " + (
     "r = libc.ptrace(0x4206, int(sys.argv[1]), 0, 0); print(r, os.strerror(ctypes.get_errno()))"
 )
+_PY_VM_READ = "import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); " + (
+    "buf = ctypes.create_string_buffer(8); v = (ctypes.c_size_t * 2)(ctypes.addressof(buf), 8); "
+    "r = libc.process_vm_readv(int(sys.argv[1]), v, 1, v, 1, 0); "
+    "print(r, os.strerror(ctypes.get_errno()))"
+)
 _PY_MOUNT = "import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); " + (
     "r = libc.mount(b'none', sys.argv[1].encode(), b'tmpfs', 0, None); "
     "print(r, os.strerror(ctypes.get_errno()))"
@@ -244,6 +249,7 @@ HARDENING: dict[str, tuple[str, str]] = {
     "nice-outside": (_py(_PY_NICE, "{outside}"), "setpriority-outside-tree"),
     "mount": ("mkdir -p {w}/mnt && " + _py(_PY_MOUNT, "{w}/mnt"), "deny-mount"),
     "ptrace-outside": (_py(_PY_SEIZE, "{outside}"), "ptrace-outside-tree"),
+    "memory-outside": (_py(_PY_VM_READ, "{outside}"), "process_vm_readv-outside-tree"),
 }
 ALLOWED: dict[str, tuple[str, str]] = {
     "git": ("git --version", "git version"),
@@ -475,7 +481,8 @@ def test_hardening_is_refused_and_audited(runs: dict[str, Any], name: str) -> No
     r = runs["hardening"][name]
     rule = HARDENING[name][1]
     assert rule in {e["rule"] for e in _denies(r)}, r
-    printed = ("ptrace-outside", "mount", "vhangup", "keyring", "hostname", "fanotify")
+    printed = ("ptrace-outside", "memory-outside", "mount", "vhangup", "keyring", "hostname")
+    printed += ("fanotify",)
     printed += ("prlimit-outside", "affinity-outside", "nice-outside", "packet-capture")
     if name in printed or name.startswith("owner-"):
         assert r["out"].split()[0] == "-1", r  # the syscall failed...
