@@ -9,8 +9,10 @@ For each call, in this order:
      kernel would (EFAULT), memory we may not read (a non-dumpable process) is refused;
   2. resolve each path as the tracee's kernel will (``filecalls.resolve``: its root, cwd
      or dirfd, symlinks, ``..``, ``/proc/self`` and ``/proc/PID/{root,cwd,fd}`` as the
-     tracee's) to its canonical path. An error the resolution meets (ENOENT, ENOTDIR,
-     ELOOP) is the one the kernel would give: the call fails with it and never runs;
+     tracee's, but never another process's magic links: ``image.fenced``) to its
+     canonical path, honouring openat2's resolve flags (``enforce.openhow``). An error
+     the resolution meets (ENOENT, ENOTDIR, ELOOP, EXDEV) is the one the kernel would
+     give: the call fails with it and never runs;
   3. decide on the canonical path with ``engine.check_file`` for every operation the call
      performs (the strictest verdict wins); a regular file with more than one link that
      is a protected file found at start (same device and inode) is also judged under its
@@ -59,6 +61,7 @@ from agentsh.enforce import (
     filemon,
     identity,
     image,
+    openhow,
     seccomp,
     standin,
     terminals,
@@ -214,6 +217,8 @@ class Monitor:
         same = None if sup.views_changed else True
         target = resolve_open(tid, dirfd, path, flags, same)
         try:
+            if openhow.restricts(call):  # RESOLVE_BENEATH & co: fail as the kernel would
+                openhow.check(tid, call, target, same)
             st = target.st
             directory = st is not None and _stat.S_ISDIR(st.st_mode)
             ops = filemon.open_operations(flags, directory=directory, exists=st is not None)

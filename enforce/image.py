@@ -62,8 +62,13 @@ _openat2_fn = ctypes.CFUNCTYPE(
 _HOWS: dict[tuple[int, int], _OpenHow] = {}
 
 
-def _openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
-    """openat2(2); RESOLVE_NO_MAGICLINKS keeps /proc/self/... from meaning *us*."""
+def openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
+    """openat2(2) with ``flags`` and the RESOLVE_* flags ``resolve`` (mode 0). Here the
+    resolution passes RESOLVE_NO_MAGICLINKS, which keeps /proc/self/... from meaning *us*.
+
+    Raises:
+        OSError: what the kernel answered.
+    """
     how = _HOWS.get((flags, resolve))
     if how is None:
         how = _HOWS[flags, resolve] = _OpenHow(flags, 0, resolve)
@@ -119,10 +124,10 @@ def open_target(tid: int, call: ExecArgs, *, follow: bool = True, same: bool | N
         flags = _PATH if follow else _PATH | os.O_NOFOLLOW
         try:
             if call.path.startswith(b"/"):
-                return _openat2(AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
+                return openat2(AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
             start = _start(tid, call)
             try:
-                return _openat2(start, call.path, flags, RESOLVE_NO_MAGICLINKS)
+                return openat2(start, call.path, flags, RESOLVE_NO_MAGICLINKS)
             finally:
                 os.close(start)
         except OSError as err:

@@ -738,6 +738,53 @@ def test_a_file_planted_in_a_sticky_directory_is_not_reopened_with_o_creat(
     assert result["err"].count("Permission denied") == 2, result["err"]
 
 
+PY_OPENAT2 = r"""
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class How(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+def openat2(dirfd, path, resolve, flags=os.O_RDONLY):
+    how = How(flags | os.O_CLOEXEC, 0o644 if flags & os.O_CREAT else 0, resolve)
+    fd = libc.syscall(437, dirfd, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        return errno.errorcode[ctypes.get_errno()]
+    os.close(fd)
+    return "ok"
+box = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)
+BENEATH, NO_SYMLINKS, NO_MAGICLINKS = 0x08, 0x04, 0x02
+W = os.O_WRONLY | os.O_CREAT
+for name, resolve, flags in [
+    ("inside", BENEATH, 0), ("../outside", BENEATH, 0), ("link-out", BENEATH, 0),
+    ("/etc/hostname", BENEATH, 0), ("link-in", NO_SYMLINKS, 0), ("inside", NO_SYMLINKS, 0),
+    ("/proc/self/fd/0", NO_MAGICLINKS, 0), ("new", BENEATH, W), ("../new-out", BENEATH, W),
+    ("sub/../inside", BENEATH, 0),
+]:
+    print(name, resolve, openat2(box, name, resolve, flags))
+"""
+
+
+def test_openat2_resolve_flags_confine_as_the_kernel_does(runner: Runner) -> None:
+    """A program that confines names to a directory with openat2's resolve flags (Go's
+    os.Root, Rust's cap-std) gets the kernel's EXDEV/ELOOP from the monitor too, which
+    opens the file itself — never a file outside the directory."""
+    base = runner.kit.base / f"openat2-{runner.mode}"
+    box = base / "box"
+    (box / "sub").mkdir(parents=True)
+    (box / "inside").write_text("in\n")
+    (base / "outside").write_text("out\n")
+    (box / "link-out").symlink_to("../outside")
+    (box / "link-in").symlink_to("inside")
+    argv = ["python3", "-c", PY_OPENAT2, str(box)]
+    kernel = subprocess.run(argv, capture_output=True, text=True, check=True)
+    (box / "new").unlink()
+    assert "EXDEV" in kernel.stdout
+    assert "ELOOP" in kernel.stdout
+    result = runner.run(f"python3 -c {shlex.quote(PY_OPENAT2)} {box}")
+    assert result["out"] == kernel.stdout, result
+    assert (box / "new").exists()
+    assert not (base / "new-out").exists()
+
+
 def _a_block_device() -> str | None:
     """A block device this (ungoverned) test process may open for reading."""
     for name in sorted(os.listdir("/dev")):
