@@ -59,11 +59,10 @@ def check(tid: int, call: OpenCall, target: Target, same: bool | None) -> None:
             )
             want = target.st
         else:  # a file to create: the directory it goes in
+            with directory(tid, os.path.dirname(target.path), same) as up:
+                want = os.fstat(up)
             head = os.path.dirname(path.rstrip(b"/")) or b"."
             probe = image.openat2(start, head, _PROBE | os.O_DIRECTORY, call.resolve)
-            parent = os.path.dirname(target.path)
-            with directory(tid, parent, same) as up:
-                want = os.fstat(up)
         try:
             got = os.fstat(probe)
         finally:
