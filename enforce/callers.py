@@ -23,7 +23,7 @@ class Callers:
 
     def __init__(self) -> None:
         self.mine = credentials("self")
-        self.userns = _userns("self")
+        self.userns = identity.userns("self")
         self.fds: dict[int, int] = {}  # tid -> its /proc/TID/status
 
     def status(self, tid: int) -> bytes:
@@ -65,7 +65,7 @@ class Callers:
             OSError: the thread is gone.
         """
         raw = raw if raw is not None else self.status(tid)
-        if cred_lines(raw) == self.mine and _userns(tid) == self.userns:
+        if cred_lines(raw) == self.mine and identity.userns(tid) == self.userns:
             return None
         return identity.of(raw, tid)
 
@@ -74,9 +74,3 @@ class Callers:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
-
-
-def _userns(tid: int | str) -> tuple[int, int]:
-    """The user namespace thread ``tid`` lives in (device and inode of its link)."""
-    st = os.stat(f"/proc/{tid}/ns/user")
-    return st.st_dev, st.st_ino

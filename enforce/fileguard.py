@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import signal
@@ -176,7 +177,6 @@ class Monitor:
         self.opener = standin.Opener(plan.landlock)
         self.paths = PathCalls(plan, self.opener, self.callers)
         self.terminals: terminals.Ownership | None = None  # at the first /dev/pts open
-        self.protected = (_sysctl("fs/protected_regular"), _sysctl("fs/protected_fifos"))
 
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
         """Answer one trapped file call (``Supervisor.handle_one`` calls this)."""
@@ -319,7 +319,7 @@ class Monitor:
         directory (``filekinds.sticky_refusal``, with this host's sysctls)."""
         st = target.st
         assert st is not None
-        regular, fifos = self.protected
+        regular, fifos = _protected()
         if _stat.S_ISDIR(st.st_mode):
             return False  # the kernel answers EISDIR first
         if not (regular or fifos) and (_stat.S_ISREG(st.st_mode) or _stat.S_ISFIFO(st.st_mode)):
@@ -488,12 +488,20 @@ def _by_kind(
     return filekinds.system_read_relief(policy, verdict, path, world_readable=readable)
 
 
-def _sysctl(name: str) -> int:
-    """An integer sysctl (/proc/sys/NAME); 0 when the kernel has none."""
-    try:
-        return int(Path(f"/proc/sys/{name}").read_text())
-    except (OSError, ValueError):
-        return 0
+@functools.cache
+def _protected() -> tuple[int, int]:
+    """fs.protected_regular and fs.protected_fifos, read at the first O_CREAT open of an
+    existing file (not at every start). A kernel without them: 0; one we cannot read:
+    2, the strictest (never laxer than the kernel)."""
+    levels = []
+    for name in ("protected_regular", "protected_fifos"):
+        try:
+            levels.append(int(Path(f"/proc/sys/fs/{name}").read_text()))
+        except FileNotFoundError:
+            levels.append(0)
+        except (OSError, ValueError):
+            levels.append(2)
+    return levels[0], levels[1]
 
 
 def _proc_names(path: str, tid: int) -> list[str]:

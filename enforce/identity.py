@@ -93,9 +93,20 @@ def of(status: bytes, tid: int) -> Identity:
         OSError: the thread is gone (its namespace link cannot be read).
     """
     who = parse(status)
-    if os.stat(f"/proc/{tid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino:
+    if userns(tid) != userns("self"):
         who = who._replace(caps=0)
     return who
+
+
+def userns(tid: int | str) -> tuple[int, int]:
+    """The user namespace thread ``tid`` (or ``"self"``) lives in: device and inode of its
+    /proc/TID/ns/user link.
+
+    Raises:
+        OSError: the thread is gone.
+    """
+    st = os.stat(f"/proc/{tid}/ns/user")
+    return st.st_dev, st.st_ino
 
 
 def current() -> Identity:

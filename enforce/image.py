@@ -104,8 +104,9 @@ _PATH = os.O_PATH | os.O_CLOEXEC
 _DIR = _PATH | os.O_DIRECTORY
 
 
-def _start(tid: int, call: ExecArgs) -> int:
-    """An O_PATH fd of the directory a relative ``call.path`` starts from."""
+def start_dir(tid: int, call: ExecArgs) -> int:
+    """An O_PATH fd of the directory a relative ``call.path`` starts from: the tracee's
+    cwd or its dirfd (the same directory and mount)."""
     base = b"cwd" if call.dirfd == AT_FDCWD else b"fd/%d" % call.dirfd
     return os.open(b"/proc/%d/%s" % (tid, base), _DIR)
 
@@ -125,7 +126,7 @@ def open_target(tid: int, call: ExecArgs, *, follow: bool = True, same: bool | N
         try:
             if call.path.startswith(b"/"):
                 return openat2(AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
-            start = _start(tid, call)
+            start = start_dir(tid, call)
             try:
                 return openat2(start, call.path, flags, RESOLVE_NO_MAGICLINKS)
             finally:
@@ -145,7 +146,7 @@ def _walk(tid: int, call: ExecArgs, follow: bool) -> int:
     procfs magic links (``fd/N``, ``exe``, ``root``, ``cwd``) followed by opening them."""
     root = os.open(b"/proc/%d/root" % tid, _DIR)
     try:
-        cur = os.dup(root) if call.path.startswith(b"/") else _start(tid, call)
+        cur = os.dup(root) if call.path.startswith(b"/") else start_dir(tid, call)
         return _Walk(tid, root, cur).run(call.path, follow)
     finally:
         os.close(root)

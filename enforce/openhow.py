@@ -26,6 +26,7 @@ from agentsh.enforce.filecalls import (
     Target,
     directory,
 )
+from agentsh.enforce.tracee import ExecArgs
 
 _PROBE: Final = os.O_PATH | os.O_CLOEXEC
 
@@ -50,7 +51,9 @@ def check(tid: int, call: OpenCall, target: Target, same: bool | None) -> None:
     if path.startswith(b"/") and same is not True:
         why = "openat2 with resolve flags on an absolute path in another root or mount view"
         raise Refused("file-openat2-resolve", why)
-    start = AT_FDCWD if path.startswith(b"/") else _start(tid, call.dirfd)
+    # the caller's own dirfd or cwd: "beneath" and "cross a mount" mean what they mean for it
+    relative = ExecArgs(call.dirfd, path, (), 0)
+    start = AT_FDCWD if path.startswith(b"/") else image.start_dir(tid, relative)
     try:
         if target.st is not None:
             follow = not (call.flags & filemon.O_NOFOLLOW or _exclusive(call.flags))
@@ -78,10 +81,3 @@ def check(tid: int, call: OpenCall, target: Target, same: bool | None) -> None:
 
 def _exclusive(flags: int) -> bool:
     return bool(flags & filemon.O_CREAT and flags & filemon.O_EXCL)
-
-
-def _start(tid: int, dirfd: int) -> int:
-    """The caller's dirfd (or cwd), as an O_PATH fd of ours: the same directory and
-    mount, so "beneath" and "cross a mount" mean what they mean for the caller."""
-    where = b"/proc/%d/cwd" % tid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (tid, dirfd)
-    return os.open(where, _PROBE | os.O_DIRECTORY)
