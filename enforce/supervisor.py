@@ -493,6 +493,8 @@ class Supervisor:
         """After ``Boundary.admit``: refuse an exec that could not be seized (no answer
         was sent), else audit it, and every exec found changed at its boundary."""
         if why is not None:
+            if not self.listener.id_valid(note.id):
+                return  # killed before it could be seized (`kill $!` of a starting job)
             message = f"cannot verify this exec ({why}); run debuggers outside agentsh"
             verdict = Verdict(Decision.DENY, "exec-unverifiable", message)
             self._refuse_exec(note, allowed.req, verdict)
