@@ -4,12 +4,15 @@
 thread (``enforce.identity``). Which identity that is comes from the thread's
 ``/proc/TID/status``, read through an fd kept per thread: pread(2) regenerates the text,
 and the fd pins that very task (once it is gone, reads fail with ESRCH, so a reused
-thread id gets a fresh fd), so it never describes another.
+thread id gets a fresh fd), so it never describes another. It is read once per trapped
+call, before the call's paths are looked up (as that identity: ``image.looked_up_as``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Final
 
 from agentsh.enforce import identity
@@ -25,13 +28,37 @@ class Callers:
         self.mine = credentials("self")
         self.userns = identity.userns("self")
         self.fds: dict[int, int] = {}  # tid -> its /proc/TID/status
+        # (tid, status, identity) of the call being answered (:meth:`calling`)
+        self.call: tuple[int, bytes, identity.Identity | None] | None = None
+
+    @contextlib.contextmanager
+    def calling(self, tid: int) -> Iterator[identity.Identity | None]:
+        """For the block, the answer to one trapped call of thread ``tid``: its status
+        and identity (:meth:`who`, yielded) are read once, on the way in, and
+        :meth:`status` and :meth:`who` of ``tid`` answer with them. The thread waits in
+        that call meanwhile, so its credentials cannot change.
+
+        Raises:
+            Refused: the thread's credentials cannot be read.
+            OSError: the thread is gone.
+        """
+        raw = self.status(tid)
+        who = self.who(tid, raw)
+        self.call = (tid, raw, who)
+        try:
+            yield who
+        finally:
+            self.call = None
 
     def status(self, tid: int) -> bytes:
-        """``/proc/TID/status`` of thread ``tid``, read now.
+        """``/proc/TID/status`` of thread ``tid``, read now (or when the call being
+        answered began: :meth:`calling`).
 
         Raises:
             Refused: the thread is gone, or its status cannot be read.
         """
+        if self.call is not None and self.call[0] == tid:
+            return self.call[1]
         fd = self.fds.get(tid)
         for _ in range(2):
             if fd is None:
@@ -64,6 +91,8 @@ class Callers:
             Refused: the thread's credentials cannot be read.
             OSError: the thread is gone.
         """
+        if self.call is not None and self.call[0] == tid:
+            return self.call[2]
         raw = raw if raw is not None else self.status(tid)
         if cred_lines(raw) == self.mine and identity.userns(tid) == self.userns:
             return None

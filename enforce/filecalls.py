@@ -398,10 +398,15 @@ def directory(tid: int, path: str, same: bool | None) -> Iterator[int]:
     """The directory ``path`` (canonical), opened O_PATH as the tracee resolves it, for a
     ``with`` block; it must still be there under that name, else EACCES.
 
+    Looked up as the supervisor (``image.looked_up_as``): it is a directory the tracee's
+    own lookup reached, as the tracee, moments before — found again by its canonical
+    path, which may pass directories the tracee could not (it came from its cwd).
+
     Raises:
         OSError: what the kernel would answer, or EACCES.
     """
-    up = open_path(tid, AT_FDCWD, os.fsencode(path), follow=True, same=same)
+    with image.looked_up_as(None):
+        up = open_path(tid, AT_FDCWD, os.fsencode(path), follow=True, same=same)
     assert up.fd is not None
     try:
         if up.path != path:
@@ -429,7 +434,8 @@ def _last(tid: int, dirfd: int, path: bytes, same: bool | None) -> Target:
     try:
         where = _join(up.path, name)
         try:
-            st: os.stat_result | None = os.stat(name, dir_fd=up.fd, follow_symlinks=False)
+            with image.as_caller():  # needs search permission on the parent, as the tracee
+                st: os.stat_result | None = os.stat(name, dir_fd=up.fd, follow_symlinks=False)
         except FileNotFoundError:
             st = None
     finally:

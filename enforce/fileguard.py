@@ -9,10 +9,12 @@ For each call, in this order:
      kernel would (EFAULT), memory we may not read (a non-dumpable process) is refused;
   2. resolve each path as the tracee's kernel will (``filecalls.resolve``: its root, cwd
      or dirfd, symlinks, ``..``, ``/proc/self`` and ``/proc/PID/{root,cwd,fd}`` as the
-     tracee's, but never another process's magic links: ``image.fenced``) to its
-     canonical path, honouring openat2's resolve flags (``enforce.openhow``). An error
-     the resolution meets (ENOENT, ENOTDIR, ELOOP, EXDEV) is the one the kernel would
-     give: the call fails with it and never runs;
+     tracee's, but never another process's magic links: ``image.fenced``), with the
+     tracee's credentials (``image.looked_up_as``: a directory it may not search stays
+     closed, though the supervisor could pass it), to its canonical path, honouring
+     openat2's resolve flags (``enforce.openhow``). An error the resolution meets
+     (ENOENT, ENOTDIR, ELOOP, EXDEV, EACCES) is the one the kernel would give: the call
+     fails with it and never runs;
   3. decide on the canonical path with ``engine.check_file`` for every operation the call
      performs (the strictest verdict wins); a regular file with more than one link that
      is a protected file found at start (same device and inode) is also judged under its
@@ -181,11 +183,10 @@ class Monitor:
     def handle(self, sup: Supervisor, note: seccomp.Notification) -> None:
         """Answer one trapped file call (``Supervisor.handle_one`` calls this)."""
         try:
-            with image.fenced(sup.tree.contains):
-                if note.nr in filemon.OPENS:
-                    self._open(sup, note)
-                else:
-                    self._path_call(sup, note)
+            with self.callers.calling(note.pid) as who, image.fenced(sup.tree.contains):
+                take_on = None if who is None else functools.partial(self.opener.taken_on, who)
+                with image.looked_up_as(take_on):  # the tracee's lookups, as the tracee
+                    self._answer(sup, note)
         except Refused as why:
             self._refuse(sup, note, "?", Verdict(Decision.DENY, why.rule, why.why))
         except image.Fenced as err:
@@ -204,6 +205,12 @@ class Monitor:
         except Exception as err:  # noqa: BLE001 — one bad call must refuse, not end supervision
             verdict = Verdict(Decision.DENY, "supervisor-error", f"the file check failed: {err!r}")
             self._refuse(sup, note, "?", verdict)
+
+    def _answer(self, sup: Supervisor, note: seccomp.Notification) -> None:
+        if note.nr in filemon.OPENS:
+            self._open(sup, note)
+        else:
+            self._path_call(sup, note)
 
     # ------------------------------------------------------------------ opens
 

@@ -115,6 +115,19 @@ def current() -> Identity:
         return parse(f.read())
 
 
+def _now() -> Identity:
+    """The calling thread's identity, read by system calls that report on the calling
+    thread only (setfsuid/setfsgid with -1 change nothing and return the id,
+    getgroups(2), capget(2)): what :func:`current` says, without /proc (~60 us a read
+    here, on every take-on's way back)."""
+    return Identity(
+        int(_libc.syscall(_NR_SETFSUID, ctypes.c_long(_NO_ID))),
+        int(_libc.syscall(_NR_SETFSGID, ctypes.c_long(_NO_ID))),
+        tuple(sorted(os.getgroups())),
+        _words(_capget(), "effective"),
+    )
+
+
 # --------------------------------------------------------------------------- syscalls
 
 
@@ -226,6 +239,6 @@ def _restore(mine: Identity, effective: int, changed: list[str]) -> None:
         _set_id(_NR_SETFSGID, mine.fsgid, "setfsgid")
     if "groups" in changed:
         _set_groups(mine.groups)
-    back = current()
+    back = _now()
     if back != mine or _words(_capget(), "effective") != effective:
         raise IdentityError(f"credentials not restored: {back} instead of {mine}")

@@ -15,6 +15,7 @@ import re
 import stat as _stat
 import time
 from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from agentsh.enforce import elf
 from agentsh.enforce.record import dataclass
@@ -31,6 +32,7 @@ BINPRM_BUF_SIZE = 256
 MAX_INTERPRETERS = 5  # fs/exec.c: deeper #! chains fail with ELOOP
 NR_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,12 @@ def open_target(tid: int, call: ExecArgs, *, follow: bool = True, same: bool | N
         flags = _PATH if follow else _PATH | os.O_NOFOLLOW
         try:
             if call.path.startswith(b"/"):
-                return openat2(AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
+                with as_caller():
+                    return openat2(AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
             start = start_dir(tid, call)
             try:
-                return openat2(start, call.path, flags, RESOLVE_NO_MAGICLINKS)
+                with as_caller():
+                    return openat2(start, call.path, flags, RESOLVE_NO_MAGICLINKS)
             finally:
                 os.close(start)
         except OSError as err:
@@ -187,23 +191,29 @@ class _Walk:
         cst = os.fstat(self.cur)
         if name == b"..":
             if (cst.st_dev, cst.st_ino) != self.root_id:
-                self.move(os.open(b"..", _DIR, dir_fd=self.cur))
+                with as_caller():
+                    self.move(os.open(b"..", _DIR, dir_fd=self.cur))
             return 0
         in_proc_root = cst.st_dev == _procfs_dev() and cst.st_ino == 1
         if in_proc_root and name in (b"self", b"thread-self"):
             pid = tgid(self.tid)
             todo += _parts(b"%d" % pid if name == b"self" else b"%d/task/%d" % (pid, self.tid))
             return 0
-        nxt = os.open(name, _PATH | os.O_NOFOLLOW, dir_fd=self.cur)
+        with as_caller():
+            nxt = os.open(name, _PATH | os.O_NOFOLLOW, dir_fd=self.cur)
         if not follow or not _stat.S_ISLNK(os.fstat(nxt).st_mode):
             self.move(nxt)
             return 0
         os.close(nxt)
         if cst.st_dev == _procfs_dev() and not in_proc_root:
-            _fence_check(self.cur, name)
-            self.move(os.open(name, _PATH, dir_fd=self.cur))  # a magic link: jump
+            owner = _fence_check(self.cur, name)
+            # A magic link: jump. The kernel lets a process follow its own always, and
+            # another process's only as ptrace_may_access says for its credentials.
+            with contextlib.nullcontext() if owner == tgid(self.tid) else as_caller():
+                self.move(os.open(name, _PATH, dir_fd=self.cur))
             return 1
-        target = os.readlink(name, dir_fd=self.cur)
+        with as_caller():
+            target = os.readlink(name, dir_fd=self.cur)
         if target.startswith(b"/"):
             self.move(os.dup(self.root))
         todo += _parts(target)
@@ -219,36 +229,68 @@ class Fenced(OSError):
         self.path = path
 
 
-_member: Callable[[int], bool] | None = None  # set for one call by ``fenced``
+class _ForOneCall(Generic[T]):
+    """A value set for the length of one trapped call's answer (``with``), restored on
+    the way out: the supervisor resolves one call at a time, in one thread."""
+
+    def __init__(self) -> None:
+        self.value: T | None = None
+
+    @contextlib.contextmanager
+    def holding(self, value: T | None) -> Iterator[None]:
+        before, self.value = self.value, value
+        try:
+            yield
+        finally:
+            self.value = before
+
+
+_TakeOn = Callable[[], contextlib.AbstractContextManager[None]]
+_member: _ForOneCall[Callable[[int], bool]] = _ForOneCall()  # see fenced
+_caller: _ForOneCall[_TakeOn] = _ForOneCall()  # see looked_up_as
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/|$)")
 
 
-@contextlib.contextmanager
-def fenced(member: Callable[[int], bool]) -> Iterator[None]:
+def fenced(member: Callable[[int], bool]) -> contextlib.AbstractContextManager[None]:
     """Within the block, a resolution that would follow a procfs magic link (``fd/N``,
     ``cwd``, ``root``, ``exe``, ``map_files/…``, ``ns/…``) of a process ``member`` says
     is outside the governed tree raises :class:`Fenced`. Such a link hands over that
     process's open files, directories and namespaces, which the kernel lets root follow
     but never a process in a Landlock domain (ptrace_may_access): the supervisor, outside
-    the domain, must not follow it for one either. The supervisor resolves one call at a
-    time, in one thread."""
-    global _member  # noqa: PLW0603 — one call's context, restored on the way out
-    before, _member = _member, member
-    try:
-        yield
-    finally:
-        _member = before
+    the domain, must not follow it for one either."""
+    return _member.holding(member)
 
 
-def _fence_check(dirfd: int, name: bytes) -> None:
-    """Raise :class:`Fenced` when the procfs directory ``dirfd`` belongs to a process
-    outside the tree (or to none we can name) and a fence is up."""
-    if _member is None:
-        return
+def _fence_check(dirfd: int, name: bytes) -> int | None:
+    """The process the procfs directory ``dirfd`` belongs to (None: none we can name).
+    Raise :class:`Fenced` when a fence is up and that process is outside the tree (or
+    there is none)."""
     where = os.readlink(f"/proc/self/fd/{dirfd}")
     found = _PROC_PID.match(where)
-    if found is None or not _member(int(found.group(1))):
+    pid = int(found.group(1)) if found is not None else None
+    member = _member.value
+    if member is not None and (pid is None or not member(pid)):
         raise Fenced(f"{where}/{os.fsdecode(name)}")
+    return pid
+
+
+def looked_up_as(caller: _TakeOn | None) -> contextlib.AbstractContextManager[None]:
+    """Within the block, every lookup of a path for a tracee (``open_target``, and the
+    callers of :func:`as_caller`) runs in the context ``caller()`` returns: the tracee's
+    credentials taken on (None: it has ours). The kernel then checks, as it would for
+    the tracee, search permission on each directory passed, protected_symlinks, and
+    access to another process's /proc links; a lookup made as the supervisor would
+    reach files behind a directory the tracee may not enter (``/root``, 0700) — and
+    the monitor reopens what it looked up. Where a lookup starts (the tracee's root,
+    cwd or dirfd, opened through /proc) is opened as the supervisor: the kernel starts
+    there without a check."""
+    return _caller.holding(caller)
+
+
+def as_caller() -> contextlib.AbstractContextManager[None]:
+    """The context a lookup for the current tracee runs in (:func:`looked_up_as`)."""
+    take_on = _caller.value
+    return take_on() if take_on is not None else contextlib.nullcontext()
 
 
 # Resolutions of absolute paths of tracees that share our view, keyed by the path and valid

@@ -57,15 +57,17 @@ def check(tid: int, call: OpenCall, target: Target, same: bool | None) -> None:
     try:
         if target.st is not None:
             follow = not (call.flags & filemon.O_NOFOLLOW or _exclusive(call.flags))
-            probe = image.openat2(
-                start, path, _PROBE | (0 if follow else os.O_NOFOLLOW), call.resolve
-            )
+            with image.as_caller():
+                probe = image.openat2(
+                    start, path, _PROBE | (0 if follow else os.O_NOFOLLOW), call.resolve
+                )
             want = target.st
         else:  # a file to create: the directory it goes in
             with directory(tid, os.path.dirname(target.path), same) as up:
                 want = os.fstat(up)
             head = os.path.dirname(path.rstrip(b"/")) or b"."
-            probe = image.openat2(start, head, _PROBE | os.O_DIRECTORY, call.resolve)
+            with image.as_caller():
+                probe = image.openat2(start, head, _PROBE | os.O_DIRECTORY, call.resolve)
         try:
             got = os.fstat(probe)
         finally:

@@ -25,6 +25,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -736,6 +737,101 @@ def test_a_file_planted_in_a_sticky_directory_is_not_reopened_with_o_creat(
     result = runner.run(script)
     assert result["out"] == kernel.stdout, result
     assert result["err"].count("Permission denied") == 2, result["err"]
+
+
+# Run as uid 1000, in a directory it entered as root (argv[1]): every file call a process
+# makes on paths behind a directory it may not enter (root's, 0700), and the same calls
+# where it may; relative paths start from where it is, as for the kernel.
+PY_AS_USER = r"""
+import errno, os, sys
+os.chdir(sys.argv[1])
+os.setgroups([])
+os.setresgid(1000, 1000, 1000)
+os.setresuid(1000, 1000, 1000)
+calls = {
+    "read": lambda p: open(p).read(),
+    "list": os.listdir,
+    "create": lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)),
+    "append": lambda p: os.close(os.open(p, os.O_WRONLY | os.O_APPEND)),
+    "unlink": os.unlink,
+    "mkdir": os.mkdir,
+    "rmdir": os.rmdir,
+    "rename": lambda p: os.rename(p, p + ".moved"),
+    "chmod": lambda p: os.chmod(p, 0o600),
+    "link": lambda p: os.link(p, p + ".hard"),
+    "symlink": lambda p: os.symlink("/etc/hostname", p),
+}
+for spec in sys.argv[2:]:
+    call, path = spec.split(":", 1)
+    try:
+        calls[call](path)
+        print(spec, "ok")
+    except OSError as err:
+        print(spec, errno.errorcode[err.errno])
+"""
+AS_USER_CALLS = ("read:{d}/file", "list:{d}", "create:{d}/new", "append:{d}/victim",
+                 "unlink:{d}/victim", "mkdir:{d}/newdir", "rmdir:{d}/sub", "chmod:{d}/mine",
+                 "link:{d}/mine", "rename:{d}/mine", "symlink:{d}/sym")  # fmt: skip
+
+
+def _user_tree(base: Path) -> list[str]:
+    """(Re)build, under ``base``: ``locked`` (root's, 0700) holding ``open`` (0777) and
+    ``reach`` (0777), each with the same entries (``mine`` is uid 1000's), and beside
+    them a symlink to each one's file. Returns the arguments of PY_AS_USER: the calls
+    to make on both, from inside the locked directory."""
+    specs = []
+    for top in ("locked", "reach"):
+        inner = base / top / "open" if top == "locked" else base / top
+        subprocess.run(["rm", "-rf", str(base / top)], check=True)
+        (inner / "sub").mkdir(parents=True)
+        for name, mode in (("file", 0o644), ("victim", 0o666), ("mine", 0o644)):
+            (inner / name).write_text(f"{top} {name}\n")
+            (inner / name).chmod(mode)
+        os.chown(inner / "mine", 1000, 1000)
+        for d in (inner, inner / "sub"):
+            d.chmod(0o777)
+        link = base / f"{top}-link"
+        link.unlink(missing_ok=True)
+        link.symlink_to(inner / "file")
+        specs += [c.format(d=inner) for c in AS_USER_CALLS] + [f"read:{link}"]
+    (base / "locked").chmod(0o700)
+    return [str(base / "locked" / "open"), *specs, "read:file", "create:made-here"]
+
+
+@pytest.fixture
+def user_base() -> Iterator[Path]:
+    """A directory uid 1000 may enter (pytest's own are root's, 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="agentsh-as-user-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+def test_a_directory_the_process_may_not_enter_stays_closed_to_it(
+    runner: Runner, user_base: Path
+) -> None:
+    """The monitor looks paths up and carries calls out itself: looked up as root, a file
+    behind root's 0700 directory was read by uid 1000 (reopened through the fd found).
+    Every call, opens and path calls alike, must get the kernel's own answer — refused
+    behind the locked directory, carried out where the process may go."""
+    specs = _user_tree(user_base)
+    kernel = subprocess.run(
+        [sys.executable, "-c", PY_AS_USER, *specs],
+        capture_output=True, text=True, check=True, cwd=user_base,
+    )  # fmt: skip
+    lines = kernel.stdout.splitlines()
+    locked = [line for line in lines if "/locked" in line]
+    assert locked, kernel.stdout
+    assert all(line.endswith(" EACCES") for line in locked), kernel.stdout
+    assert lines[-2:] == ["read:file ok", "create:made-here ok"], kernel.stdout
+    _user_tree(user_base)
+    args = " ".join(shlex.quote(s) for s in specs)
+    script = f"cd {user_base} && python3 -c {shlex.quote(PY_AS_USER)} {args}"
+    result = runner.run(script.replace("{", "{{").replace("}", "}}"))  # not a template
+    assert result["rc"] == 0, result
+    assert result["out"] == kernel.stdout, result
 
 
 PY_OPENAT2 = r"""

@@ -91,6 +91,25 @@ def test_another_user_opens_only_what_that_user_may(files: dict[str, Path]) -> N
     assert back == identity.current()
 
 
+def test_the_check_on_the_way_back_reads_this_threads_credentials() -> None:
+    """``assumed`` checks what it restored by system calls that report on the calling
+    thread (not /proc): they must say what /proc says of the thread, inside a take-on
+    (other ids, groups, no capabilities) as well as outside it."""
+
+    def work() -> list[tuple[identity.Identity, identity.Identity]]:
+        mine = identity.current()
+        seen = [(identity._now(), identity.current())]
+        with identity.assumed(identity.Identity(1000, 1001, (27, 4321), 0), mine):
+            seen.append((identity._now(), identity.current()))
+        seen.append((identity._now(), identity.current()))
+        return seen
+
+    seen = _in_thread(work)
+    assert all(now == proc for now, proc in seen), seen
+    assert seen[1][0] == identity.Identity(1000, 1001, (27, 4321), 0)
+    assert seen[0][0] == seen[2][0] != seen[1][0]
+
+
 def test_supplementary_groups_are_taken_on(files: dict[str, Path]) -> None:
     def work() -> tuple[str, str]:
         mine = identity.current()
