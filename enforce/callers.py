@@ -10,9 +10,7 @@ call, before the call's paths are looked up (as that identity: ``image.looked_up
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Final
 
 from agentsh.enforce import identity
@@ -31,24 +29,17 @@ class Callers:
         # (tid, status, identity) of the call being answered (:meth:`calling`)
         self.call: tuple[int, bytes, identity.Identity | None] | None = None
 
-    @contextlib.contextmanager
-    def calling(self, tid: int) -> Iterator[identity.Identity | None]:
-        """For the block, the answer to one trapped call of thread ``tid``: its status
-        and identity (:meth:`who`, yielded) are read once, on the way in, and
-        :meth:`status` and :meth:`who` of ``tid`` answer with them. The thread waits in
-        that call meanwhile, so its credentials cannot change.
+    def calling(self, tid: int) -> _Calling:
+        """For a ``with`` block, the answer to one trapped call of thread ``tid``: its
+        status and identity (:meth:`who`, what ``with`` gives) are read once, on the way
+        in, and :meth:`status` and :meth:`who` of ``tid`` answer with them. The thread
+        waits in that call meanwhile, so its credentials cannot change.
 
-        Raises:
+        Raises (on the way in):
             Refused: the thread's credentials cannot be read.
             OSError: the thread is gone.
         """
-        raw = self.status(tid)
-        who = self.who(tid, raw)
-        self.call = (tid, raw, who)
-        try:
-            yield who
-        finally:
-            self.call = None
+        return _Calling(self, tid)
 
     def status(self, tid: int) -> bytes:
         """``/proc/TID/status`` of thread ``tid``, read now (or when the call being
@@ -103,3 +94,22 @@ class Callers:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+class _Calling:
+    """:meth:`Callers.calling` (a class, not a generator: every trapped call enters one)."""
+
+    __slots__ = ("callers", "tid")
+
+    def __init__(self, callers: Callers, tid: int) -> None:
+        self.callers, self.tid = callers, tid
+
+    def __enter__(self) -> identity.Identity | None:
+        callers, tid = self.callers, self.tid
+        raw = callers.status(tid)
+        who = callers.who(tid, raw)
+        callers.call = (tid, raw, who)
+        return who
+
+    def __exit__(self, *_exc: object) -> None:
+        self.callers.call = None

@@ -434,8 +434,10 @@ def _last(tid: int, dirfd: int, path: bytes, same: bool | None) -> Target:
     try:
         where = _join(up.path, name)
         try:
-            with image.as_caller():  # needs search permission on the parent, as the tracee
-                st: os.stat_result | None = os.stat(name, dir_fd=up.fd, follow_symlinks=False)
+            # search permission on the parent, as the tracee
+            st: os.stat_result | None = image.as_caller(
+                os.stat, name, dir_fd=up.fd, follow_symlinks=False
+            )
         except FileNotFoundError:
             st = None
     finally:

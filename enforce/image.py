@@ -14,8 +14,8 @@ import os
 import re
 import stat as _stat
 import time
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from agentsh.enforce import elf
 from agentsh.enforce.record import dataclass
@@ -33,6 +33,7 @@ MAX_INTERPRETERS = 5  # fs/exec.c: deeper #! chains fail with ELOOP
 NR_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,10 @@ def open_target(tid: int, call: ExecArgs, *, follow: bool = True, same: bool | N
         flags = _PATH if follow else _PATH | os.O_NOFOLLOW
         try:
             if call.path.startswith(b"/"):
-                with as_caller():
-                    return openat2(AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
+                return as_caller(openat2, AT_FDCWD, call.path, flags, RESOLVE_NO_MAGICLINKS)
             start = start_dir(tid, call)
             try:
-                with as_caller():
-                    return openat2(start, call.path, flags, RESOLVE_NO_MAGICLINKS)
+                return as_caller(openat2, start, call.path, flags, RESOLVE_NO_MAGICLINKS)
             finally:
                 os.close(start)
         except OSError as err:
@@ -191,16 +190,14 @@ class _Walk:
         cst = os.fstat(self.cur)
         if name == b"..":
             if (cst.st_dev, cst.st_ino) != self.root_id:
-                with as_caller():
-                    self.move(os.open(b"..", _DIR, dir_fd=self.cur))
+                self.move(as_caller(os.open, b"..", _DIR, dir_fd=self.cur))
             return 0
         in_proc_root = cst.st_dev == _procfs_dev() and cst.st_ino == 1
         if in_proc_root and name in (b"self", b"thread-self"):
             pid = tgid(self.tid)
             todo += _parts(b"%d" % pid if name == b"self" else b"%d/task/%d" % (pid, self.tid))
             return 0
-        with as_caller():
-            nxt = os.open(name, _PATH | os.O_NOFOLLOW, dir_fd=self.cur)
+        nxt = as_caller(os.open, name, _PATH | os.O_NOFOLLOW, dir_fd=self.cur)
         if not follow or not _stat.S_ISLNK(os.fstat(nxt).st_mode):
             self.move(nxt)
             return 0
@@ -209,11 +206,12 @@ class _Walk:
             owner = _fence_check(self.cur, name)
             # A magic link: jump. The kernel lets a process follow its own always, and
             # another process's only as ptrace_may_access says for its credentials.
-            with contextlib.nullcontext() if owner == tgid(self.tid) else as_caller():
+            if owner == tgid(self.tid):
                 self.move(os.open(name, _PATH, dir_fd=self.cur))
+            else:
+                self.move(as_caller(os.open, name, _PATH, dir_fd=self.cur))
             return 1
-        with as_caller():
-            target = os.readlink(name, dir_fd=self.cur)
+        target = as_caller(os.readlink, name, dir_fd=self.cur)
         if target.startswith(b"/"):
             self.move(os.dup(self.root))
         todo += _parts(target)
@@ -233,16 +231,28 @@ class _ForOneCall(Generic[T]):
     """A value set for the length of one trapped call's answer (``with``), restored on
     the way out: the supervisor resolves one call at a time, in one thread."""
 
+    __slots__ = ("value",)
+
     def __init__(self) -> None:
         self.value: T | None = None
 
-    @contextlib.contextmanager
-    def holding(self, value: T | None) -> Iterator[None]:
-        before, self.value = self.value, value
-        try:
-            yield
-        finally:
-            self.value = before
+    def holding(self, value: T | None) -> _Holding[T]:
+        return _Holding(self, value)
+
+
+class _Holding(Generic[T]):
+    """:meth:`_ForOneCall.holding` (a class, not a generator: every call enters two)."""
+
+    __slots__ = ("before", "slot", "value")
+
+    def __init__(self, slot: _ForOneCall[T], value: T | None) -> None:
+        self.slot, self.value, self.before = slot, value, slot.value
+
+    def __enter__(self) -> None:
+        self.before, self.slot.value = self.slot.value, self.value
+
+    def __exit__(self, *_exc: object) -> None:
+        self.slot.value = self.before
 
 
 _TakeOn = Callable[[], contextlib.AbstractContextManager[None]]
@@ -287,10 +297,13 @@ def looked_up_as(caller: _TakeOn | None) -> contextlib.AbstractContextManager[No
     return _caller.holding(caller)
 
 
-def as_caller() -> contextlib.AbstractContextManager[None]:
-    """The context a lookup for the current tracee runs in (:func:`looked_up_as`)."""
+def as_caller(lookup: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``lookup(*args, **kwargs)`` for the current tracee: as it (:func:`looked_up_as`)."""
     take_on = _caller.value
-    return take_on() if take_on is not None else contextlib.nullcontext()
+    if take_on is None:
+        return lookup(*args, **kwargs)
+    with take_on():
+        return lookup(*args, **kwargs)
 
 
 # Resolutions of absolute paths of tracees that share our view, keyed by the path and valid

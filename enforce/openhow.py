@@ -57,17 +57,15 @@ def check(tid: int, call: OpenCall, target: Target, same: bool | None) -> None:
     try:
         if target.st is not None:
             follow = not (call.flags & filemon.O_NOFOLLOW or _exclusive(call.flags))
-            with image.as_caller():
-                probe = image.openat2(
-                    start, path, _PROBE | (0 if follow else os.O_NOFOLLOW), call.resolve
-                )
+            flags = _PROBE | (0 if follow else os.O_NOFOLLOW)
+            probe = image.as_caller(image.openat2, start, path, flags, call.resolve)
             want = target.st
         else:  # a file to create: the directory it goes in
             with directory(tid, os.path.dirname(target.path), same) as up:
                 want = os.fstat(up)
             head = os.path.dirname(path.rstrip(b"/")) or b"."
-            with image.as_caller():
-                probe = image.openat2(start, head, _PROBE | os.O_DIRECTORY, call.resolve)
+            flags = _PROBE | os.O_DIRECTORY
+            probe = image.as_caller(image.openat2, start, head, flags, call.resolve)
         try:
             got = os.fstat(probe)
         finally:
