@@ -7,7 +7,17 @@
  * MODE: 0 no filter; 1 notify, CONTINUE at once; 2 as 1 with SYNC_WAKE_UP; 3 as 2 and
  * read the path with process_vm_readv; 4 as 2 and read path and argv through
  * /proc/PID/mem; 5 as 4 and resolve the path (openat2, fstat, readlink) and check the
- * id is still valid.
+ * id is still valid; 6 as 5 but path and argv read with process_vm_readv; 7 as 6 and
+ * check at the exec boundary (PTRACE_SEIZE before the answer, wait for the
+ * PTRACE_EVENT_EXEC stop, read /proc/PID/exe, PTRACE_DETACH), the sequence agentsh's
+ * `verify` runs.
+ *
+ *   notify-floor files PROGRAM [ARG]...
+ *
+ * runs PROGRAM with the file calls the notify file monitor traps for the built-in
+ * policy (opens, unlink/rmdir, rename, link, symlink, mkdir, truncate, chmod, chown)
+ * handed to a supervisor that answers each with CONTINUE at once (SYNC_WAKE_UP): the
+ * least any user-notify file monitor costs, checking nothing.
  *
  *   notify-floor wake CPU_A CPU_B
  *
@@ -20,12 +30,14 @@
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -70,7 +82,16 @@ static void look(int mode, int listener, const struct seccomp_notif *n)
 		struct iovec l = {path, 256}, r = {(void *)n->data.args[0], 256};
 		process_vm_readv(n->pid, &l, 1, &r, 1, 0);
 	}
-	if (mode >= 4) {
+	if (mode >= 6) {
+		struct iovec l = {path, 256}, r = {(void *)n->data.args[0], 256};
+		struct iovec lp = {ptrs, sizeof ptrs}, rp = {(void *)n->data.args[1], sizeof ptrs};
+		if (process_vm_readv(n->pid, &l, 1, &r, 1, 0) > 0 &&
+		    process_vm_readv(n->pid, &lp, 1, &rp, 1, 0) > 0) {
+			struct iovec la = {arg, sizeof arg}, ra = {(void *)ptrs[0], sizeof arg};
+			process_vm_readv(n->pid, &la, 1, &ra, 1, 0);
+		}
+		path[255] = 0;
+	} else if (mode >= 4) {
 		snprintf(proc, sizeof proc, "/proc/%u/mem", n->pid);
 		int mem = open(proc, O_RDONLY | O_CLOEXEC);
 		if (pread(mem, path, 256, (off_t)n->data.args[0]) > 0 &&
@@ -97,6 +118,25 @@ static void look(int mode, int listener, const struct seccomp_notif *n)
 	}
 }
 
+/* Mode 7, after the answer: the seized thread's PTRACE_EVENT_EXEC stop (other stops
+ * are resumed with their signal), /proc/PID/exe read there, then detach. */
+static void boundary(pid_t tid)
+{
+	char proc[64], exe[4096];
+	int status;
+	while (waitpid(tid, &status, __WALL) == tid && WIFSTOPPED(status)) {
+		if (status >> 8 == (SIGTRAP | (PTRACE_EVENT_EXEC << 8))) {
+			snprintf(proc, sizeof proc, "/proc/%d/exe", tid);
+			if (readlink(proc, exe, sizeof exe) < 0)
+				exe[0] = 0;
+			ptrace(PTRACE_DETACH, tid, 0, 0);
+			return;
+		}
+		int sig = WSTOPSIG(status) == SIGTRAP ? 0 : WSTOPSIG(status);
+		ptrace(PTRACE_CONT, tid, 0, sig);
+	}
+}
+
 static void serve(int mode, int listener)
 {
 	struct seccomp_notif n;
@@ -108,10 +148,14 @@ static void serve(int mode, int listener)
 		if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &n) != 0)
 			_exit(0); /* every governed task is gone */
 		look(mode, listener, &n);
+		int seized = mode >= 7 && ptrace(PTRACE_SEIZE, n.pid, 0,
+						 PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL) == 0;
 		memset(&r, 0, sizeof r);
 		r.id = n.id;
 		r.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
 		ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &r);
+		if (seized)
+			boundary((pid_t)n.pid);
 	}
 }
 
@@ -153,13 +197,19 @@ static int wake(int a, int b)
 	return 0;
 }
 
+/* x86_64 numbers of the file calls filemon.FAMILIES and filemon.OPENS name. */
+static const int FILE_CALLS[] = {2, 85, 257, 437, 87, 84, 263, 82, 264, 316, 86, 265, 88,
+				 266, 83, 258, 76, 90, 91, 268, 452, 92, 93, 94, 260};
+#define NFILE (sizeof FILE_CALLS / sizeof FILE_CALLS[0])
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && strcmp(argv[1], "wake") == 0)
 		return wake(atoi(argv[2]), atoi(argv[3]));
 	if (argc < 3)
 		return 2;
-	int mode = atoi(argv[1]), sv[2], status;
+	int files = strcmp(argv[1], "files") == 0;
+	int mode = files ? 2 : atoi(argv[1]), sv[2], status;
 	if (mode == 0) {
 		execv(argv[2], argv + 2);
 		return 127;
@@ -171,13 +221,18 @@ int main(int argc, char **argv)
 		serve(mode, recv_fd(sv[1]));
 	}
 	close(sv[1]);
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_execve, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+	/* load nr; one JEQ per trapped call, jumping to the NOTIF return; else ALLOW */
+	struct sock_filter f[NFILE + 3];
+	unsigned short n = files ? NFILE : 1;
+	f[0] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+					    offsetof(struct seccomp_data, nr));
+	for (unsigned short i = 0; i < n; i++)
+		f[1 + i] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+							 files ? FILE_CALLS[i] : SYS_execve,
+							 (unsigned char)(n - i), 0);
+	f[1 + n] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	f[2 + n] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
+	struct sock_fprog prog = {(unsigned short)(n + 3), f};
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	int listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
 				    SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
