@@ -104,10 +104,11 @@ def _file_floor(binary: Path, reps: int, count: int) -> dict[str, tuple[float, f
         for kind, prefix in (("free", []), ("floor", [str(binary), "files"])):
             out = subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True)
             runs[kind].append(json.loads(out.stdout))
-    return {
-        phase: tuple(statistics.median(r[phase] for r in runs[k]) * 1e3 for k in ("free", "floor"))
-        for phase in runs["free"][0]
-    }  # type: ignore[misc]
+
+    def ms(kind: str, phase: str) -> float:
+        return statistics.median(r[phase] for r in runs[kind]) * 1e3
+
+    return {phase: (ms("free", phase), ms("floor", phase)) for phase in runs["free"][0]}
 
 
 def _pairs() -> list[tuple[int, int]]:

@@ -85,9 +85,10 @@ class Callers:
         if self.call is not None and self.call[0] == tid:
             return self.call[2]
         raw = raw if raw is not None else self.status(tid)
-        if cred_lines(raw) == self.mine and identity.userns(tid) == self.userns:
+        ours = identity.userns(tid) == self.userns
+        if ours and cred_lines(raw) == self.mine:
             return None
-        return identity.of(raw, tid)
+        return identity.of(raw, tid, ours=ours)
 
     def close(self) -> None:
         """Close every status fd kept (they are opened again as needed)."""

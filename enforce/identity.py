@@ -85,15 +85,16 @@ def parse(status: bytes) -> Identity:
         raise ValueError(f"not a /proc status text: no {err}") from None
 
 
-def of(status: bytes, tid: int) -> Identity:
+def of(status: bytes, tid: int, *, ours: bool | None = None) -> Identity:
     """:func:`parse`, with no capabilities when thread ``tid`` lives in another user
-    namespace than the caller (its capabilities do not reach our files).
+    namespace than the caller (its capabilities do not reach our files). ``ours``: the
+    caller has compared the namespaces already (None: compare them here).
 
     Raises:
         OSError: the thread is gone (its namespace link cannot be read).
     """
     who = parse(status)
-    if userns(tid) != userns("self"):
+    if not (ours if ours is not None else userns(tid) == userns("self")):
         who = who._replace(caps=0)
     return who
 

@@ -246,7 +246,8 @@ class _Holding(Generic[T]):
     __slots__ = ("before", "slot", "value")
 
     def __init__(self, slot: _ForOneCall[T], value: T | None) -> None:
-        self.slot, self.value, self.before = slot, value, slot.value
+        self.slot, self.value = slot, value
+        self.before: T | None = None  # set on the way in
 
     def __enter__(self) -> None:
         self.before, self.slot.value = self.slot.value, self.value
